@@ -1,0 +1,1 @@
+//! The product API served behind the proxy.

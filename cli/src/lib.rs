@@ -1,0 +1,1 @@
+//! kubectl plugin: the product guide's token actions from the terminal.

@@ -1,0 +1,326 @@
+//! The hashed Secret: the data plane's only input.
+//!
+//! One Secret per ApiToken, named `apitoken-<uid>`, in a namespace that holds
+//! nothing else (default `prodgy-tokens`), so the proxy's RBAC can be "list and
+//! watch Secrets in that namespace" and reach no other Secret. The Secret has
+//! type [`SECRET_TYPE`], the labels below, and one key, [`RECORD_KEY`], holding
+//! a JSON [`HashedRecord`]. It never contains a plaintext token.
+//!
+//! The same JSON records, as files, feed the proxy where there is no cluster.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::{ByteString, api::core::v1::Secret};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    Error, Result,
+    apitoken::RateLimit,
+    scope::{Scope, ScopeSet},
+    token::TokenHash,
+};
+
+/// Secret type of hashed Secrets.
+pub const SECRET_TYPE: &str = "prodgy.io/hashed-token";
+/// Data key holding the JSON record.
+pub const RECORD_KEY: &str = "record.json";
+/// Label selecting hashed Secrets (value [`HASHED_LABEL_VALUE`]).
+pub const HASHED_LABEL: &str = "prodgy.io/hashed-token";
+/// Value of [`HASHED_LABEL`]: the record format version.
+pub const HASHED_LABEL_VALUE: &str = "v1";
+/// Label naming the ApiToken's namespace.
+pub const TOKEN_NAMESPACE_LABEL: &str = "prodgy.io/token-namespace";
+/// Label naming the ApiToken.
+pub const TOKEN_NAME_LABEL: &str = "prodgy.io/token-name";
+/// Label naming the ApiToken's UID.
+pub const TOKEN_UID_LABEL: &str = "prodgy.io/token-uid";
+/// Standard label; value [`MANAGED_BY`].
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Who manages hashed and delivery Secrets.
+pub const MANAGED_BY: &str = "prodgy-operator";
+/// Default namespace of hashed Secrets.
+pub const DEFAULT_NAMESPACE: &str = "prodgy-tokens";
+/// Current record format version.
+pub const RECORD_VERSION: u32 = 1;
+
+/// The state the owner asked for. Expiry is not a state: the proxy checks
+/// `expiresAt` against its own clock on every request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordState {
+    /// Accepted.
+    Active,
+    /// Deactivated.
+    Inactive,
+    /// Revoked for good.
+    Revoked,
+}
+
+/// One accepted digest. The current token has `notAfter: null`; a previous
+/// token inside its grace period carries the instant it stops working.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HashEntry {
+    /// Lower-case hex SHA-256 of the token.
+    pub sha256: String,
+    /// The `spec.regeneration` this token was issued for.
+    pub regeneration: i64,
+    /// End of the grace period for a superseded token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<DateTime<Utc>>,
+}
+
+/// Everything the proxy needs to decide about a token, and nothing secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HashedRecord {
+    /// Format version ([`RECORD_VERSION`]).
+    pub version: u32,
+    /// ApiToken namespace.
+    pub namespace: String,
+    /// ApiToken name.
+    pub name: String,
+    /// ApiToken UID: the identity usage is counted against.
+    pub uid: String,
+    /// Product the token grants access to.
+    pub product: String,
+    /// Active, inactive or revoked.
+    pub state: RecordState,
+    /// Expiry; absent means never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Scopes; empty means every scope.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<Scope>,
+    /// Per-replica rate limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// Accepted digests: the current one first.
+    pub hashes: Vec<HashEntry>,
+}
+
+/// Why a known token is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// Deactivated.
+    Inactive,
+    /// Past `expiresAt`, or a superseded token past its grace period.
+    Expired,
+    /// Revoked.
+    Revoked,
+}
+
+impl HashedRecord {
+    /// Name of the hashed Secret for an ApiToken UID.
+    pub fn secret_name(uid: &str) -> String {
+        format!("apitoken-{uid}")
+    }
+
+    /// The scopes as a compact set.
+    pub fn scope_set(&self) -> ScopeSet {
+        self.scopes.iter().copied().collect()
+    }
+
+    /// The decision for a request presenting the digest at `entry` at `now`,
+    /// with the precedence of the status: Revoked > Expired > Inactive.
+    pub fn check(&self, entry: &HashEntry, now: DateTime<Utc>) -> std::result::Result<(), Refusal> {
+        if self.state == RecordState::Revoked {
+            return Err(Refusal::Revoked);
+        }
+        let expired = |at: Option<DateTime<Utc>>| at.is_some_and(|at| now >= at);
+        if expired(self.expires_at) || expired(entry.not_after) {
+            return Err(Refusal::Expired);
+        }
+        if self.state == RecordState::Inactive {
+            return Err(Refusal::Inactive);
+        }
+        Ok(())
+    }
+
+    /// Checks the invariants a reader relies on.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |why: &str| Err(Error::InvalidRecord(why.to_owned()));
+        if self.version != RECORD_VERSION {
+            return bad("unsupported record version");
+        }
+        if self.namespace.is_empty() || self.name.is_empty() || self.uid.is_empty() {
+            return bad("namespace, name and uid are required");
+        }
+        if self.product.is_empty() {
+            return bad("product is required");
+        }
+        if self.hashes.is_empty() {
+            return bad("at least one hash is required");
+        }
+        for h in &self.hashes {
+            TokenHash::from_hex(&h.sha256)?;
+        }
+        Ok(())
+    }
+
+    /// The labels of the hashed Secret.
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (HASHED_LABEL.to_owned(), HASHED_LABEL_VALUE.to_owned()),
+            (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
+            (TOKEN_NAMESPACE_LABEL.to_owned(), self.namespace.clone()),
+            (TOKEN_NAME_LABEL.to_owned(), label_value(&self.name)),
+            (TOKEN_UID_LABEL.to_owned(), self.uid.clone()),
+        ])
+    }
+
+    /// The complete hashed Secret for `namespace`.
+    pub fn to_secret(&self, namespace: &str) -> Result<Secret> {
+        let json = serde_json::to_vec(self).map_err(|e| Error::InvalidRecord(e.to_string()))?;
+        Ok(Secret {
+            metadata: ObjectMeta {
+                name: Some(Self::secret_name(&self.uid)),
+                namespace: Some(namespace.to_owned()),
+                labels: Some(self.labels()),
+                ..Default::default()
+            },
+            type_: Some(SECRET_TYPE.to_owned()),
+            data: Some(BTreeMap::from([(RECORD_KEY.to_owned(), ByteString(json))])),
+            immutable: None,
+            string_data: None,
+        })
+    }
+
+    /// Reads and validates the record in a hashed Secret.
+    pub fn from_secret(secret: &Secret) -> Result<Self> {
+        let bytes = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(RECORD_KEY))
+            .ok_or_else(|| Error::InvalidRecord(format!("missing key {RECORD_KEY}")))?;
+        Self::from_json(&bytes.0)
+    }
+
+    /// Parses and validates a record from JSON bytes.
+    pub fn from_json(bytes: &[u8]) -> Result<Self> {
+        let record: Self =
+            serde_json::from_slice(bytes).map_err(|e| Error::InvalidRecord(e.to_string()))?;
+        record.validate()?;
+        Ok(record)
+    }
+}
+
+/// Label values are limited to 63 characters; longer names are cut (the
+/// record itself always holds the full name).
+fn label_value(s: &str) -> String {
+    s.chars()
+        .take(63)
+        .collect::<String>()
+        .trim_end_matches(['-', '.', '_'])
+        .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::token::Token;
+
+    fn record() -> HashedRecord {
+        let t = Token::generate("prod").unwrap();
+        HashedRecord {
+            version: RECORD_VERSION,
+            namespace: "team-a".into(),
+            name: "ci-bot".into(),
+            uid: "1f0c-uid".into(),
+            product: "acme".into(),
+            state: RecordState::Active,
+            expires_at: Some(Utc.with_ymd_and_hms(2030, 1, 1, 0, 0, 0).unwrap()),
+            scopes: vec![Scope::AgentsRead],
+            rate_limit: Some(RateLimit {
+                requests_per_second: 5,
+                burst: None,
+            }),
+            hashes: vec![HashEntry {
+                sha256: t.hash().to_hex(),
+                regeneration: 0,
+                not_after: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn secret_round_trip_keeps_every_field() {
+        let r = record();
+        let secret = r.to_secret("prodgy-tokens").unwrap();
+        assert_eq!(secret.type_.as_deref(), Some(SECRET_TYPE));
+        assert_eq!(secret.metadata.name.as_deref(), Some("apitoken-1f0c-uid"));
+        assert_eq!(secret.metadata.labels.as_ref().unwrap()[HASHED_LABEL], "v1");
+        assert_eq!(HashedRecord::from_secret(&secret).unwrap(), r);
+    }
+
+    #[test]
+    fn json_field_names_are_the_documented_ones() {
+        let v = serde_json::to_value(record()).unwrap();
+        for key in [
+            "version",
+            "namespace",
+            "name",
+            "uid",
+            "product",
+            "state",
+            "expiresAt",
+            "scopes",
+            "rateLimit",
+            "hashes",
+        ] {
+            assert!(v.get(key).is_some(), "missing {key}");
+        }
+        assert_eq!(v["state"], "active");
+        assert_eq!(v["hashes"][0]["regeneration"], 0);
+    }
+
+    #[test]
+    fn invalid_records_are_refused_with_a_reason() {
+        let mut r = record();
+        r.hashes[0].sha256 = "not-hex".into();
+        assert!(HashedRecord::from_json(&serde_json::to_vec(&r).unwrap()).is_err());
+        let mut r = record();
+        r.hashes.clear();
+        assert!(r.validate().is_err());
+        let mut r = record();
+        r.version = 2;
+        assert!(r.validate().is_err());
+        assert!(HashedRecord::from_json(b"{").is_err());
+        assert!(HashedRecord::from_secret(&Secret::default()).is_err());
+    }
+
+    #[test]
+    fn check_follows_precedence_and_the_expiry_boundary() {
+        let mut r = record();
+        let at = r.expires_at.unwrap();
+        let cur = r.hashes[0].clone();
+        let second = chrono::Duration::seconds(1);
+        assert_eq!(r.check(&cur, at - second), Ok(()));
+        assert_eq!(r.check(&cur, at), Err(Refusal::Expired));
+        r.state = RecordState::Inactive;
+        assert_eq!(r.check(&cur, at - second), Err(Refusal::Inactive));
+        assert_eq!(r.check(&cur, at), Err(Refusal::Expired));
+        r.state = RecordState::Revoked;
+        assert_eq!(r.check(&cur, at), Err(Refusal::Revoked));
+        // A superseded token stops at the end of its grace period.
+        let r = record();
+        let prev = HashEntry {
+            not_after: Some(at - second * 10),
+            ..cur
+        };
+        assert_eq!(r.check(&prev, at - second * 11), Ok(()));
+        assert_eq!(r.check(&prev, at - second * 10), Err(Refusal::Expired));
+    }
+
+    #[test]
+    fn long_names_fit_in_labels() {
+        let mut r = record();
+        r.name = format!("{}-x", "a".repeat(70));
+        let v = &r.labels()[TOKEN_NAME_LABEL];
+        assert!(v.len() <= 63 && !v.ends_with('-'));
+    }
+}

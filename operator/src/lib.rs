@@ -1,0 +1,1 @@
+//! Reconciles ApiTokens into hashed Secrets, delivery Secrets and status.

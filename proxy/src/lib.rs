@@ -1,0 +1,1 @@
+//! The pingora sidecar that enforces ApiTokens and counts their usage.

@@ -1,0 +1,1 @@
+//! A Kubernetes API test server speaking the real REST and watch protocol.

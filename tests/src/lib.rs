@@ -1,0 +1,1 @@
+//! Cross-component and kind end-to-end tests.
