@@ -1,0 +1,43 @@
+# Developer entry points. `make help` lists them.
+# The two commands a newcomer needs: `make run` and `make test`.
+
+CARGO ?= cargo
+
+.PHONY: help run test test-rust test-chart fmt lint generate check-generated bench e2e fuzz
+
+help: ## List targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+run: ## Build and start API + proxy locally with a fresh token (no cluster needed)
+	./hack/quickstart.sh
+
+test: test-rust test-chart ## Every test CI runs: Rust suites (SQLite + PostgreSQL when reachable) and chart checks
+
+test-rust: ## Rust unit, component and cross-component tests
+	$(CARGO) nextest run --workspace --locked --no-fail-fast
+
+test-chart: ## helm lint/template + offline manifest validation + policy assertions
+	./hack/check-chart.sh
+
+fmt: ## Format all Rust code
+	$(CARGO) fmt --all
+
+lint: ## Formatting check and clippy with warnings as errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+generate: ## Regenerate the CRD YAML (and the chart's copy) from the Rust types
+	$(CARGO) run -q -p prodgy-crds --bin crdgen > crds/apitoken.yaml
+	./hack/sync-chart-crds.sh
+
+check-generated: generate ## Fail when generated files differ from what is committed
+	git diff --exit-code -- crds/apitoken.yaml charts/prodgy/templates
+
+bench: ## Proxy benchmark (release build, loopback, interleaved rounds)
+	./bench/run.sh
+
+e2e: ## kind end-to-end suite (needs Docker and kind; skips with a message otherwise)
+	./hack/kind-e2e.sh
+
+fuzz: ## Fuzz the proxy's header and token parser for 60 s (nightly)
+	cd fuzz && $(CARGO) +nightly fuzz run authorization -- -max_total_time=60
