@@ -1,1 +1,410 @@
 //! A Kubernetes API test server speaking the real REST and watch protocol.
+//!
+//! [`FakeApiServer`] is a real HTTP/1.1 server on `127.0.0.1` (an ephemeral
+//! port), started in-process from a test. An unmodified [`kube::Client`],
+//! kube-runtime's `watcher`/`reflector`/`Controller`, Lease-based leader
+//! election and binaries run with `KUBECONFIG` all work against it.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use k8s_openapi::api::core::v1::Secret;
+//! use kube::api::{Api, PostParams};
+//! use prodgy_kube_fake::FakeApiServer;
+//!
+//! let server = FakeApiServer::start().await;
+//! server.register_prodgy_crds()?; // ApiToken + UsageReport
+//! let secrets: Api<Secret> = Api::namespaced(server.client(), "default");
+//! let mut s = Secret::default();
+//! s.metadata.name = Some("demo".into());
+//! secrets.create(&PostParams::default(), &s).await?;
+//!
+//! server.set_available(false); // 503s, open watches break
+//! server.set_available(true);
+//! server.deny("delete", "secrets"); // 403 Forbidden, like missing RBAC
+//! assert!(server.get_object("secrets", Some("default"), "demo").is_some());
+//! server.write_kubeconfig("/tmp/kubeconfig")?; // for a binary under test
+//! # Ok(()) }
+//! ```
+//!
+//! # What is modelled
+//! - Types: core/v1 `namespaces`, `secrets`, `configmaps`, `events`;
+//!   `events.k8s.io/v1 events`; `coordination.k8s.io/v1 leases`;
+//!   `apiextensions.k8s.io/v1 customresourcedefinitions`, and every custom
+//!   resource a CRD declares (created through the API or
+//!   [`FakeApiServer::register_crd`]): group, versions, plural, scope,
+//!   `subresources.status`, schema pruning, `default`s and validation (type,
+//!   required, enum, pattern, lengths, ranges, `date-time`, list sets) and
+//!   CEL `x-kubernetes-validations` including transition rules (`oldSelf`),
+//!   evaluated by `kube-cel` — failures are `422 Invalid` naming the message.
+//!   Established/NamesAccepted conditions are set on CRDs.
+//! - Discovery: `/version`, `/api`, `/api/v1`, `/apis`, `/apis/{g}`,
+//!   `/apis/{g}/{v}`; unknown paths and types answer `404` with a `Status`
+//!   (`reason: NotFound`).
+//! - Verbs: get, list (label selectors with `=`, `==`, `!=`, `in`, `notin`,
+//!   existence, `!key`, `>`/`<`; field selectors on `metadata.name`,
+//!   `metadata.namespace`, Secret `type`, Event fields; `limit`/`continue`
+//!   with `remainingItemCount`), create (`generateName`, name validation,
+//!   409 AlreadyExists), update (409 Conflict on a stale
+//!   `metadata.resourceVersion`), patch (merge, JSON patch, strategic merge
+//!   approximated as merge for built-in types, server-side apply approximated
+//!   as a merge that creates when missing and requires `fieldManager`),
+//!   delete (preconditions, finalizers → `deletionTimestamp` then removal
+//!   once the list empties, no new finalizers on a deleting object), delete
+//!   collection, `dryRun=All`, `/status` subresource isolation, generation
+//!   bumps on non-metadata/status changes (custom resources), no-op writes
+//!   that produce no event, owner-reference garbage collection (background
+//!   and orphan), namespace deletion that empties the namespace, Secret
+//!   `stringData` → base64 `data`, `immutable` Secrets/ConfigMaps.
+//! - Watch: newline-delimited JSON events, flushed per event, from
+//!   `resourceVersion` (history replay; `410 Expired` ERROR event when
+//!   older than the retained history), synthetic ADDED when absent or `0`,
+//!   selectors (an object leaving a selector is a DELETED, entering it an
+//!   ADDED), `timeoutSeconds`, periodic BOOKMARKs, `sendInitialEvents` with
+//!   the `k8s.io/initial-events-end` bookmark.
+//!
+//! # What is not
+//! Authentication (any or no credentials are accepted), real RBAC (only the
+//! [`FakeApiServer::deny`] switch), managed fields and SSA conflict
+//! detection, strategic-merge list semantics, strategic merge on custom
+//! resources (rejected with 415, as the real server does), version
+//! conversion webhooks (served versions share one stored form), admission
+//! webhooks, protobuf, aggregated discovery, and namespaces that must exist
+//! before objects are created in them (only deletion of a namespace is
+//! modelled).
+
+mod cel;
+mod error;
+mod patch;
+mod schema;
+mod selector;
+mod server;
+mod store;
+mod types;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use serde_json::Value;
+use tokio::task::JoinHandle;
+
+pub use error::{ApiError, Error, Result};
+
+use server::Shared;
+use store::Store;
+use types::ResourceType;
+
+/// Options for [`FakeApiServer`]; see [`FakeApiServer::builder`].
+#[derive(Clone, Debug)]
+pub struct Builder {
+    bookmark_interval: Duration,
+    history_limit: usize,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            bookmark_interval: Duration::from_secs(5),
+            history_limit: 10_000,
+        }
+    }
+}
+
+impl Builder {
+    /// How often watches that allow bookmarks get one (default 5 s).
+    pub fn bookmark_interval(mut self, every: Duration) -> Self {
+        self.bookmark_interval = every.max(Duration::from_millis(10));
+        self
+    }
+
+    /// How many events are kept for watches resuming from a
+    /// resourceVersion (default 10 000); older ones get `410 Gone`.
+    pub fn history_limit(mut self, events: usize) -> Self {
+        self.history_limit = events;
+        self
+    }
+
+    /// Binds `127.0.0.1:0` and starts serving on the current Tokio runtime.
+    pub async fn start(self) -> Result<FakeApiServer> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let (disconnect, _) = tokio::sync::watch::channel(0);
+        let shared = Arc::new(Shared {
+            store: std::sync::Mutex::new(Store::new(self.history_limit)),
+            available: AtomicBool::new(true),
+            disconnect,
+            denied: std::sync::Mutex::new(HashSet::new()),
+            requests: std::sync::Mutex::new(HashMap::new()),
+            bookmark_interval: self.bookmark_interval,
+            addr,
+        });
+        let task = tokio::spawn(server::serve(listener, Arc::clone(&shared)));
+        Ok(FakeApiServer { shared, task })
+    }
+}
+
+/// A running test API server; dropping it shuts it down.
+#[derive(Debug)]
+pub struct FakeApiServer {
+    shared: Arc<Shared>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for FakeApiServer {
+    fn drop(&mut self) {
+        self.shared.store().close_watches();
+        self.task.abort();
+    }
+}
+
+/// Splits `apitokens.prodgy.io` into (`prodgy.io`, `apitokens`); a bare
+/// plural is the core group.
+fn split_resource(resource: &str) -> (&str, &str) {
+    match resource.split_once('.') {
+        Some((plural, group)) => (group, plural),
+        None => ("", resource),
+    }
+}
+
+impl FakeApiServer {
+    /// Options (bookmark interval, history size).
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// Starts a server with default options.
+    ///
+    /// # Panics
+    /// If no loopback port can be bound; use [`Builder::start`] to handle that.
+    #[allow(clippy::expect_used)]
+    pub async fn start() -> FakeApiServer {
+        Builder::default()
+            .start()
+            .await
+            .expect("bind a loopback port for the test API server")
+    }
+
+    /// The socket address served.
+    pub fn addr(&self) -> SocketAddr {
+        self.shared.addr
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.shared.addr)
+    }
+
+    /// A client configuration pointing at this server (namespace `default`).
+    pub fn config(&self) -> Result<kube::Config> {
+        let uri = self
+            .url()
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| Error::Client(e.to_string()))?;
+        Ok(kube::Config::new(uri))
+    }
+
+    /// A client for this server.
+    pub fn try_client(&self) -> Result<kube::Client> {
+        kube::Client::try_from(self.config()?).map_err(|e| Error::Client(e.to_string()))
+    }
+
+    /// A client for this server.
+    ///
+    /// # Panics
+    /// If kube cannot build an HTTP client; see [`Self::try_client`].
+    #[allow(clippy::expect_used)]
+    pub fn client(&self) -> kube::Client {
+        self.try_client()
+            .expect("build a kube client for the test API server")
+    }
+
+    /// A kubeconfig whose current context targets this server.
+    pub fn kubeconfig_yaml(&self) -> String {
+        format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+- name: prodgy-kube-fake
+  cluster:
+    server: {url}
+users:
+- name: prodgy-kube-fake
+  user:
+    token: prodgy-kube-fake
+contexts:
+- name: prodgy-kube-fake
+  context:
+    cluster: prodgy-kube-fake
+    user: prodgy-kube-fake
+    namespace: default
+current-context: prodgy-kube-fake
+",
+            url = self.url()
+        )
+    }
+
+    /// Writes [`Self::kubeconfig_yaml`] to `path` (for `KUBECONFIG`).
+    pub fn write_kubeconfig(&self, path: impl AsRef<Path>) -> Result<()> {
+        std::fs::write(path, self.kubeconfig_yaml())?;
+        Ok(())
+    }
+
+    /// Installs (or updates) a CRD, exactly as `kubectl apply` of it would.
+    pub fn register_crd(&self, crd: &CustomResourceDefinition) -> Result<()> {
+        let mut value = serde_json::to_value(crd)?;
+        let crd_type = self.resource_type("customresourcedefinitions.apiextensions.k8s.io")?;
+        let name = value["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let mut store = self.shared.store();
+        match store.get(&crd_type, None, &name) {
+            Ok(_) => {
+                if let Some(m) = value["metadata"].as_object_mut() {
+                    m.remove("resourceVersion");
+                }
+                store.replace(&crd_type, None, &name, value, false)?;
+            }
+            Err(_) => {
+                store.create(&crd_type, None, value)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Installs every CRD of the `prodgy-crds` contract crate.
+    pub fn register_prodgy_crds(&self) -> Result<()> {
+        use kube::CustomResourceExt;
+        self.register_crd(&prodgy_crds::ApiToken::crd())?;
+        self.register_crd(&prodgy_crds::UsageReport::crd())
+    }
+
+    /// `false`: every request gets `503`, open connections (and so every
+    /// watch) are dropped. `true`: serve again.
+    pub fn set_available(&self, available: bool) {
+        self.shared.available.store(available, Ordering::SeqCst);
+        if !available {
+            self.shared.store().close_watches();
+            self.shared.disconnect.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Whether the server answers requests.
+    pub fn is_available(&self) -> bool {
+        self.shared.available.load(Ordering::SeqCst)
+    }
+
+    /// Answers `403 Forbidden` to `verb` (`get`, `list`, `watch`, `create`,
+    /// `update`, `patch`, `delete`, `deletecollection` or `*`) on
+    /// `resource` (a plural such as `secrets`, a subresource such as
+    /// `apitokens/status`, or `*`), as missing RBAC would.
+    pub fn deny(&self, verb: &str, resource: &str) {
+        self.shared
+            .denied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert((verb.to_string(), resource.to_string()));
+    }
+
+    /// Lifts a [`Self::deny`].
+    pub fn allow(&self, verb: &str, resource: &str) {
+        self.shared
+            .denied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&(verb.to_string(), resource.to_string()));
+    }
+
+    fn resource_type(&self, resource: &str) -> Result<Arc<ResourceType>> {
+        let (group, plural) = split_resource(resource);
+        self.shared
+            .store()
+            .registry
+            .get(group, plural)
+            .ok_or_else(|| {
+                Error::Api(ApiError::not_found(format!(
+                    "the server doesn't have a resource type {resource:?}"
+                )))
+            })
+    }
+
+    /// The stored object, as JSON. `resource` is a plural, group-qualified
+    /// for non-core groups: `secrets`, `apitokens.prodgy.io`,
+    /// `leases.coordination.k8s.io`, `events.events.k8s.io`.
+    pub fn get_object(&self, resource: &str, namespace: Option<&str>, name: &str) -> Option<Value> {
+        let ty = self.resource_type(resource).ok()?;
+        self.shared.store().get(&ty, namespace, name).ok()
+    }
+
+    /// Every stored object of a resource (optionally in one namespace).
+    pub fn list_objects(&self, resource: &str, namespace: Option<&str>) -> Vec<Value> {
+        match self.resource_type(resource) {
+            Ok(ty) => self.shared.store().objects(&ty, namespace),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Writes an object straight into the store, bypassing validation,
+    /// defaults and status rules (to set up states a client could not);
+    /// watchers see ADDED or MODIFIED. Returns the stored object.
+    pub fn put_object(&self, resource: &str, object: Value) -> Result<Value> {
+        let ty = self.resource_type(resource)?;
+        Ok(self.shared.store().put_raw(&ty, object)?)
+    }
+
+    /// Removes an object outright (ignoring finalizers, not collecting
+    /// dependents); watchers see DELETED. Returns what was removed.
+    pub fn delete_object(
+        &self,
+        resource: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Option<Value> {
+        let ty = self.resource_type(resource).ok()?;
+        self.shared.store().delete_raw(&ty, namespace, name)
+    }
+
+    /// How many changes (ADDED, MODIFIED, DELETED) a resource has seen.
+    pub fn event_count(&self, resource: &str) -> u64 {
+        let (group, plural) = split_resource(resource);
+        self.shared.store().event_count(group, plural)
+    }
+
+    /// How many requests with `verb` (as in [`Self::deny`]) reached a
+    /// resource, including refused ones.
+    pub fn request_count(&self, verb: &str, resource: &str) -> u64 {
+        let (group, plural) = split_resource(resource);
+        let qualified = if group.is_empty() {
+            plural.to_string()
+        } else {
+            format!("{plural}.{group}")
+        };
+        self.shared
+            .requests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&(verb.to_string(), qualified))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The current global resourceVersion.
+    pub fn resource_version(&self) -> u64 {
+        self.shared.store().resource_version()
+    }
+
+    /// Forgets the event history: watches resuming from any earlier
+    /// resourceVersion get `410 Gone` and must relist.
+    pub fn compact_history(&self) {
+        self.shared.store().compact();
+    }
+
+    /// Breaks every open watch stream (clients must reconnect).
+    pub fn close_watches(&self) {
+        self.shared.store().close_watches();
+    }
+}

@@ -1,0 +1,715 @@
+//! The HTTP side: routing Kubernetes REST paths to the store, streaming
+//! watches, discovery documents, and the fault switches (outage, RBAC).
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Query, Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{Method, StatusCode, header};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::error::{ApiError, json_response};
+use crate::selector::{FieldSelector, LabelSelector, Selectors};
+use crate::store::{DeleteOpts, PatchKind, Propagation, Store, WatchFrom, filter_event};
+use crate::types::ResourceType;
+
+/// The largest request body the real server accepts (3 MiB).
+const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// State shared by the handle and every request.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub store: Mutex<Store>,
+    pub available: AtomicBool,
+    /// Bumped to drop every open connection (outage, shutdown).
+    pub disconnect: watch::Sender<u64>,
+    pub denied: Mutex<HashSet<(String, String)>>,
+    pub requests: Mutex<HashMap<(String, String), u64>>,
+    pub bookmark_interval: Duration,
+    pub addr: SocketAddr,
+}
+
+impl Shared {
+    pub fn store(&self) -> MutexGuard<'_, Store> {
+        // A panic while holding the lock leaves consistent data behind
+        // (every mutation is a single insert/remove), so keep serving.
+        self.store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn is_denied(&self, verb: &str, resource: &str) -> bool {
+        let denied = self
+            .denied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        [verb, "*"].iter().any(|v| {
+            [resource, "*"]
+                .iter()
+                .any(|r| denied.contains(&(v.to_string(), r.to_string())))
+        })
+    }
+
+    fn count_request(&self, verb: &str, resource: &str) {
+        let mut r = self
+            .requests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *r.entry((verb.to_string(), resource.to_string()))
+            .or_default() += 1;
+    }
+}
+
+/// Accepts connections until the task is aborted; a `disconnect` bump
+/// drops every open connection at once.
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let app = Router::new()
+        .fallback(handle)
+        .with_state(Arc::clone(&shared));
+    let mut disconnect = shared.disconnect.subscribe();
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+                conns.spawn(async move {
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, svc)
+                        .await;
+                });
+            }
+            changed = disconnect.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                conns.abort_all();
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+}
+
+/// What a request path names.
+enum Route {
+    Version,
+    Api,
+    Apis,
+    Group(String),
+    Resources(String, String),
+    Health,
+    Object(Target),
+}
+
+/// A resource request: type, version, namespace, name, subresource.
+struct Target {
+    ty: Arc<ResourceType>,
+    version: String,
+    namespace: Option<String>,
+    name: Option<String>,
+    status: bool,
+}
+
+fn unknown_path() -> ApiError {
+    ApiError::not_found("the server could not find the requested resource")
+}
+
+fn route(path: &str, shared: &Shared) -> Result<Route, ApiError> {
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let (group, version, rest) = match segs.as_slice() {
+        ["version"] => return Ok(Route::Version),
+        ["healthz" | "readyz" | "livez", ..] => return Ok(Route::Health),
+        ["api"] => return Ok(Route::Api),
+        ["apis"] => return Ok(Route::Apis),
+        ["apis", g] => return Ok(Route::Group((*g).to_string())),
+        ["api", v] => return Ok(Route::Resources(String::new(), (*v).to_string())),
+        ["apis", g, v] => return Ok(Route::Resources((*g).to_string(), (*v).to_string())),
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return Err(unknown_path()),
+    };
+    let namespaced_path = rest.len() >= 3
+        && rest[0] == "namespaces"
+        && !(rest.len() == 3 && matches!(rest[2], "status" | "finalize"));
+    let (namespace, rest) = if namespaced_path {
+        (Some(rest[1].to_string()), &rest[2..])
+    } else {
+        (None, rest)
+    };
+    let (plural, name, sub) = match rest {
+        [p] => (*p, None, None),
+        [p, n] => (*p, Some(*n), None),
+        [p, n, s] => (*p, Some(*n), Some(*s)),
+        _ => return Err(unknown_path()),
+    };
+    let ty = shared
+        .store()
+        .registry
+        .lookup(group, version, plural)
+        .ok_or_else(unknown_path)?;
+    if namespace.is_some() && !ty.namespaced {
+        return Err(unknown_path());
+    }
+    if ty.namespaced && namespace.is_none() && name.is_some() {
+        return Err(unknown_path());
+    }
+    let status = match sub {
+        None => false,
+        Some("status") if ty.version(version).is_some_and(|v| v.status) => true,
+        Some(_) => return Err(unknown_path()),
+    };
+    Ok(Route::Object(Target {
+        ty,
+        version: version.to_string(),
+        namespace,
+        name: name.map(str::to_string),
+        status,
+    }))
+}
+
+async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
+    if !shared.available.load(Ordering::SeqCst) {
+        return ApiError::new(
+            503,
+            "ServiceUnavailable",
+            "the server is currently unable to handle the request",
+        )
+        .into_response();
+    }
+    match handle_inner(&shared, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn flag(q: &HashMap<String, String>, k: &str) -> bool {
+    q.get(k).is_some_and(|v| v == "true" || v == "1")
+}
+
+async fn handle_inner(shared: &Arc<Shared>, req: Request) -> Result<Response, ApiError> {
+    let query: HashMap<String, String> = Query::try_from_uri(req.uri())
+        .map(|Query(q)| q)
+        .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
+    let target = match route(req.uri().path(), shared)? {
+        Route::Object(t) => t,
+        other => return discovery(shared, other, req.method()),
+    };
+    let method = req.method().clone();
+    let verb = match (&method, target.name.is_some()) {
+        (&Method::GET, true) => "get",
+        (&Method::GET, false) if flag(&query, "watch") => "watch",
+        (&Method::GET, false) => "list",
+        (&Method::POST, false) => "create",
+        (&Method::PUT, true) => "update",
+        (&Method::PATCH, true) => "patch",
+        (&Method::DELETE, true) => "delete",
+        (&Method::DELETE, false) => "deletecollection",
+        _ => {
+            return Err(ApiError::new(
+                405,
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource",
+            ));
+        }
+    };
+    if target.status && !matches!(verb, "get" | "update" | "patch") {
+        return Err(ApiError::new(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        ));
+    }
+    let ty = Arc::clone(&target.ty);
+    let resource = if target.status {
+        format!("{}/status", ty.plural)
+    } else {
+        ty.plural.clone()
+    };
+    shared.count_request(verb, &ty.qualified());
+    if shared.is_denied(verb, &resource) {
+        let subject = match &target.name {
+            Some(n) => format!("{} \"{n}\"", ty.qualified()),
+            None => ty.qualified(),
+        };
+        let scope = match &target.namespace {
+            Some(ns) => format!("in the namespace \"{ns}\""),
+            None => "at the cluster scope".to_string(),
+        };
+        return Err(ApiError::new(
+            403,
+            "Forbidden",
+            format!(
+                "{subject} is forbidden: User \"system:serviceaccount:default:test\" cannot {verb} resource \"{resource}\" in API group \"{}\" {scope}",
+                ty.group
+            ),
+        )
+        .with_details(target.name.as_deref().unwrap_or_default(), &ty.group, &ty.plural));
+    }
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let body = axum::body::to_bytes(req.into_body(), MAX_BODY)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                413,
+                "RequestEntityTooLarge",
+                format!("request body too large or unreadable: {e}"),
+            )
+        })?;
+    let ns = target.namespace.as_deref();
+    let dry_run = query.get("dryRun").is_some_and(|v| v == "All");
+    match verb {
+        "get" => {
+            let name = target.name.as_deref().unwrap_or_default();
+            let obj = shared.store().get(&ty, ns, name)?;
+            Ok(object_response(StatusCode::OK, &target, obj))
+        }
+        "list" => list(shared, &target, &query),
+        "watch" => watch_response(shared, &target, &query),
+        "create" => {
+            let obj = parse_json(&body)?;
+            let created = write(shared, dry_run, |s| s.create(&ty, ns, obj))?;
+            Ok(object_response(StatusCode::CREATED, &target, created))
+        }
+        "update" => {
+            let obj = parse_json(&body)?;
+            let name = target.name.as_deref().unwrap_or_default();
+            let updated = write(shared, dry_run, |s| {
+                s.replace(&ty, ns, name, obj, target.status)
+            })?;
+            Ok(object_response(StatusCode::OK, &target, updated))
+        }
+        "patch" => {
+            let kind = match content_type.as_str() {
+                "application/merge-patch+json" => PatchKind::Merge,
+                "application/json-patch+json" => PatchKind::Json,
+                "application/strategic-merge-patch+json" => PatchKind::Strategic,
+                "application/apply-patch+yaml" => PatchKind::Apply,
+                other => {
+                    return Err(ApiError::new(
+                        415,
+                        "UnsupportedMediaType",
+                        format!(
+                            "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, not {other:?}"
+                        ),
+                    ));
+                }
+            };
+            if kind == PatchKind::Apply && query.get("fieldManager").is_none_or(String::is_empty) {
+                return Err(ApiError::bad_request(
+                    "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+                ));
+            }
+            let name = target.name.as_deref().unwrap_or_default();
+            let (obj, created) = write(shared, dry_run, |s| {
+                s.patch(&ty, ns, name, kind, &body, target.status)
+            })?;
+            let code = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok(object_response(code, &target, obj))
+        }
+        "delete" => {
+            let opts = delete_opts(&body, &query)?;
+            let name = target.name.as_deref().unwrap_or_default();
+            let (obj, gone) = write(shared, dry_run, |s| s.delete(&ty, ns, name, &opts))?;
+            if gone && !ty.custom && ty.plural != "namespaces" {
+                let status = json!({
+                    "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                    "details": {"name": name, "group": ty.group, "kind": ty.plural, "uid": obj["metadata"]["uid"]},
+                });
+                return Ok(json_response(StatusCode::OK, &status));
+            }
+            Ok(object_response(StatusCode::OK, &target, obj))
+        }
+        _ => {
+            let opts = delete_opts(&body, &query)?;
+            let sel = selectors(&ty, &query)?;
+            let items = write(shared, dry_run, |s| {
+                s.delete_collection(&ty, ns, &sel, &opts)
+            })?;
+            let rv = shared.store().resource_version();
+            Ok(list_response(&target, items, rv, None, None))
+        }
+    }
+}
+
+/// Runs a write; a dry run works on a throw-away copy of the store.
+fn write<T>(
+    shared: &Shared,
+    dry_run: bool,
+    f: impl FnOnce(&mut Store) -> Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    let mut store = shared.store();
+    if dry_run {
+        let mut copy = store.detached_copy();
+        drop(store);
+        return f(&mut copy);
+    }
+    f(&mut store)
+}
+
+fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
+}
+
+fn delete_opts(body: &[u8], query: &HashMap<String, String>) -> Result<DeleteOpts, ApiError> {
+    let v: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        parse_json(body)?
+    };
+    let propagation = v["propagationPolicy"]
+        .as_str()
+        .or(query.get("propagationPolicy").map(String::as_str));
+    let propagation = match propagation {
+        None | Some("Background") => Propagation::Background,
+        Some("Foreground") => Propagation::Foreground,
+        Some("Orphan") => Propagation::Orphan,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "unsupported propagationPolicy {other:?}"
+            )));
+        }
+    };
+    let propagation = if v["orphanDependents"].as_bool() == Some(true) {
+        Propagation::Orphan
+    } else {
+        propagation
+    };
+    Ok(DeleteOpts {
+        uid: v["preconditions"]["uid"].as_str().map(str::to_string),
+        resource_version: v["preconditions"]["resourceVersion"]
+            .as_str()
+            .map(str::to_string),
+        propagation,
+    })
+}
+
+fn selectors(ty: &ResourceType, query: &HashMap<String, String>) -> Result<Selectors, ApiError> {
+    Ok(Selectors {
+        labels: LabelSelector::parse(
+            query
+                .get("labelSelector")
+                .map(String::as_str)
+                .unwrap_or_default(),
+        )?,
+        fields: FieldSelector::parse(
+            query
+                .get("fieldSelector")
+                .map(String::as_str)
+                .unwrap_or_default(),
+            &ty.plural,
+        )?,
+    })
+}
+
+/// Sets `apiVersion` to the version the client asked for.
+fn render(target: &Target, mut obj: Value) -> Value {
+    obj["apiVersion"] = json!(target.ty.api_version(&target.version));
+    obj
+}
+
+fn object_response(code: StatusCode, target: &Target, obj: Value) -> Response {
+    json_response(code, &render(target, obj))
+}
+
+fn list_response(
+    target: &Target,
+    items: Vec<Value>,
+    rv: u64,
+    cont: Option<String>,
+    remaining: Option<usize>,
+) -> Response {
+    let items: Vec<Value> = items.into_iter().map(|o| render(target, o)).collect();
+    let mut meta = json!({"resourceVersion": rv.to_string()});
+    if let Some(c) = cont {
+        meta["continue"] = json!(c);
+    }
+    if let Some(r) = remaining {
+        meta["remainingItemCount"] = json!(r);
+    }
+    let list = json!({
+        "kind": target.ty.list_kind,
+        "apiVersion": target.ty.api_version(&target.version),
+        "metadata": meta,
+        "items": items,
+    });
+    json_response(StatusCode::OK, &list)
+}
+
+fn list(
+    shared: &Shared,
+    target: &Target,
+    query: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let sel = selectors(&target.ty, query)?;
+    let limit = match query.get("limit").filter(|l| !l.is_empty()) {
+        Some(l) => Some(
+            l.parse::<usize>()
+                .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
+        ),
+        None => None,
+    };
+    let page = shared.store().list(
+        &target.ty,
+        target.namespace.as_deref(),
+        &sel,
+        limit,
+        query.get("continue").map(String::as_str),
+    )?;
+    Ok(list_response(
+        target,
+        page.items,
+        page.rv,
+        page.cont,
+        page.remaining,
+    ))
+}
+
+fn watch_line(kind: &str, object: &Value) -> Bytes {
+    let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+fn bookmark(target: &Target, rv: u64, initial_end: bool) -> Bytes {
+    let mut meta = json!({"resourceVersion": rv.to_string()});
+    if initial_end {
+        meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+    }
+    let obj = json!({"kind": target.ty.kind, "apiVersion": target.ty.api_version(&target.version), "metadata": meta});
+    watch_line("BOOKMARK", &obj)
+}
+
+fn watch_response(
+    shared: &Arc<Shared>,
+    target: &Target,
+    query: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let sel = selectors(&target.ty, query)?;
+    let bookmarks = flag(query, "allowWatchBookmarks");
+    let initial_events = flag(query, "sendInitialEvents");
+    let timeout = match query.get("timeoutSeconds").filter(|t| !t.is_empty()) {
+        Some(t) => Some(Duration::from_secs(t.parse().map_err(|_| {
+            ApiError::bad_request(format!("invalid timeoutSeconds {t:?}"))
+        })?)),
+        None => None,
+    };
+    let rv = query
+        .get("resourceVersion")
+        .map(String::as_str)
+        .unwrap_or_default();
+    let from = if initial_events {
+        if query.get("resourceVersionMatch").map(String::as_str) != Some("NotOlderThan") {
+            return Err(ApiError::invalid(
+                "sendInitialEvents is forbidden for watch unless resourceVersionMatch is set to NotOlderThan",
+            ));
+        }
+        WatchFrom::InitialEvents
+    } else if rv.is_empty() || rv == "0" {
+        WatchFrom::Now
+    } else {
+        WatchFrom::Version(
+            rv.parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid resource version {rv:?}")))?,
+        )
+    };
+    let ns = target.namespace.clone();
+    let started = shared.store().watch(&target.ty, ns.as_deref(), &sel, from);
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(256);
+    let body = Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }));
+    let response = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?;
+    let start = match started {
+        Ok(s) => s,
+        Err(e) => {
+            // Like the real server: 200, one ERROR event, end of stream.
+            let _ = tx.try_send(Ok(watch_line("ERROR", &e.status())));
+            return Ok(response);
+        }
+    };
+    let target = Target {
+        ty: Arc::clone(&target.ty),
+        version: target.version.clone(),
+        namespace: ns,
+        name: None,
+        status: false,
+    };
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        stream_events(
+            shared,
+            target,
+            sel,
+            start,
+            tx,
+            bookmarks,
+            initial_events,
+            timeout,
+        )
+        .await;
+    });
+    Ok(response)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn stream_events(
+    shared: Arc<Shared>,
+    target: Target,
+    sel: Selectors,
+    start: crate::store::WatchStart,
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    bookmarks: bool,
+    initial_events: bool,
+    timeout: Option<Duration>,
+) {
+    let crate::store::WatchStart {
+        initial,
+        mut rx,
+        rv,
+    } = start;
+    let mut last_rv = 0u64;
+    for (change, obj) in initial {
+        last_rv = last_rv.max(obj_rv(&obj));
+        if tx
+            .send(Ok(watch_line(change.as_str(), &render(&target, obj))))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+    if initial_events {
+        last_rv = last_rv.max(rv);
+        if tx.send(Ok(bookmark(&target, rv, true))).await.is_err() {
+            return;
+        }
+    }
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut ticker = tokio::time::interval(shared.bookmark_interval);
+    ticker.reset();
+    loop {
+        tokio::select! {
+            ev = rx.recv() => {
+                let Some(ev) = ev else {
+                    // The store dropped us (outage or shutdown): break the
+                    // connection rather than end the watch cleanly.
+                    let _ = tx.send(Err(std::io::Error::other("watch closed by server"))).await;
+                    return;
+                };
+                last_rv = last_rv.max(ev.rv);
+                if let Some((change, obj)) = filter_event(&ev, &target.ty, target.namespace.as_deref(), &sel)
+                    && tx.send(Ok(watch_line(change.as_str(), &render(&target, obj)))).await.is_err()
+                {
+                    return;
+                }
+            }
+            _ = ticker.tick(), if bookmarks => {
+                let current = shared.store().resource_version();
+                // Deliver anything already queued first, so a bookmark never
+                // claims a version whose event the client has not seen.
+                while let Ok(ev) = rx.try_recv() {
+                    last_rv = last_rv.max(ev.rv);
+                    if let Some((change, obj)) = filter_event(&ev, &target.ty, target.namespace.as_deref(), &sel)
+                        && tx.send(Ok(watch_line(change.as_str(), &render(&target, obj)))).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                last_rv = last_rv.max(current);
+                if tx.send(Ok(bookmark(&target, last_rv, false))).await.is_err() {
+                    return;
+                }
+            }
+            () = sleep_until(deadline) => return,
+            () = tx.closed() => return,
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn obj_rv(obj: &Value) -> u64 {
+    obj["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+fn discovery(shared: &Shared, route: Route, method: &Method) -> Result<Response, ApiError> {
+    if method != Method::GET {
+        return Err(ApiError::new(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        ));
+    }
+    let store = shared.store();
+    let doc = match route {
+        Route::Health => {
+            return Ok((StatusCode::OK, "ok").into_response());
+        }
+        Route::Version => json!({
+            "major": "1",
+            "minor": "33",
+            "gitVersion": "v1.33.0-prodgy-kube-fake",
+            "gitCommit": "0000000000000000000000000000000000000000",
+            "gitTreeState": "clean",
+            "buildDate": "2025-01-01T00:00:00Z",
+            "goVersion": "go1.24.0",
+            "compiler": "gc",
+            "platform": "linux/amd64",
+        }),
+        Route::Api => json!({
+            "kind": "APIVersions",
+            "versions": ["v1"],
+            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": shared.addr.to_string()}],
+        }),
+        Route::Apis => store.registry.group_list(),
+        Route::Group(g) => store.registry.group(&g).ok_or_else(unknown_path)?,
+        Route::Resources(g, v) => store
+            .registry
+            .resource_list(&g, &v)
+            .ok_or_else(unknown_path)?,
+        Route::Object(_) => return Err(unknown_path()),
+    };
+    Ok(json_response(StatusCode::OK, &doc))
+}
