@@ -1,0 +1,324 @@
+//! Command-line flags (each with an environment variable) and their
+//! validation into one [`Config`]. Bad values fail at start-up with a message
+//! naming the flag.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::{Error, Result};
+
+/// Where hashed token records come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SourceKind {
+    /// Watch hashed Secrets in `--hashed-secret-namespace`.
+    Kubernetes,
+    /// Read HashedRecord JSON from `--tokens-path`, reloaded on change.
+    File,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// The pingora sidecar that enforces ApiTokens in front of the product API.
+#[derive(Debug, Parser)]
+#[command(name = "prodgy-proxy", version, about)]
+pub struct Args {
+    /// Address the proxy listens on.
+    #[arg(long, env = "PRODGY_PROXY_LISTEN", default_value = "0.0.0.0:8000")]
+    pub listen: String,
+    /// The API, `host:port` (plain HTTP, normally on loopback).
+    #[arg(long, env = "PRODGY_UPSTREAM", default_value = "127.0.0.1:8081")]
+    pub upstream: String,
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    #[arg(
+        long,
+        env = "PRODGY_PROXY_METRICS_ADDR",
+        default_value = "0.0.0.0:9090"
+    )]
+    pub metrics_addr: String,
+    /// Token source.
+    #[arg(long, env = "PRODGY_SOURCE", value_enum, default_value = "kubernetes")]
+    pub source: SourceKind,
+    /// Namespace of the hashed Secrets (and of the UsageReports written).
+    #[arg(long, env = "PRODGY_HASHED_SECRET_NAMESPACE", default_value = prodgy_crds::hashed::DEFAULT_NAMESPACE)]
+    pub hashed_secret_namespace: String,
+    /// File source: a JSON file (one HashedRecord or an array) or a directory of `*.json`.
+    #[arg(long, env = "PRODGY_TOKENS_PATH")]
+    pub tokens_path: Option<PathBuf>,
+    /// Products served, comma-separated; empty serves every product.
+    #[arg(long, env = "PRODGY_PRODUCTS", value_delimiter = ',')]
+    pub products: Vec<String>,
+    /// Write UsageReport objects (kubernetes source only).
+    #[arg(long, env = "PRODGY_USAGE_REPORTS")]
+    pub usage_reports: bool,
+    /// How often usage reports are written (e.g. `10s`).
+    #[arg(long, env = "PRODGY_USAGE_FLUSH_INTERVAL", default_value = "10s")]
+    pub usage_flush_interval: String,
+    /// This replica's name, used in usage report names (default: hostname).
+    #[arg(long, env = "POD_NAME")]
+    pub replica: Option<String>,
+    /// Proxy worker threads (default: available cores).
+    #[arg(long, env = "PRODGY_PROXY_THREADS")]
+    pub threads: Option<usize>,
+    /// Log format.
+    #[arg(long, env = "PRODGY_LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+    /// File source: how often the path is checked for changes (`500ms`, `1s`).
+    #[arg(long, env = "PRODGY_RELOAD_INTERVAL", default_value = "1s")]
+    pub reload_interval: String,
+    /// Kubernetes source: how often API reachability is probed between
+    /// watch events (feeds the staleness metric).
+    #[arg(long, env = "PRODGY_SYNC_PROBE_INTERVAL", default_value = "5s")]
+    pub sync_probe_interval: String,
+    /// Longest wait for in-flight requests on SIGTERM before exiting.
+    #[arg(long, env = "PRODGY_SHUTDOWN_TIMEOUT", default_value = "25s")]
+    pub shutdown_timeout: String,
+    /// Idle keep-alive connections kept to the upstream.
+    #[arg(long, env = "PRODGY_UPSTREAM_KEEPALIVE_POOL", default_value_t = 1024)]
+    pub upstream_keepalive_pool: usize,
+}
+
+/// Validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Proxy listen address.
+    pub listen: SocketAddr,
+    /// Upstream address, resolved once at start.
+    pub upstream: SocketAddr,
+    /// Metrics listen address.
+    pub metrics_addr: SocketAddr,
+    /// Token source.
+    pub source: Source,
+    /// Products served (empty: all).
+    pub products: Vec<String>,
+    /// Usage reporting, when enabled.
+    pub usage: Option<UsageConfig>,
+    /// Worker threads.
+    pub threads: usize,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Drain limit on SIGTERM.
+    pub shutdown_timeout: Duration,
+    /// Upstream keep-alive pool size.
+    pub upstream_keepalive_pool: usize,
+}
+
+/// The validated token source.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// Watch hashed Secrets.
+    Kubernetes {
+        /// Their namespace.
+        namespace: String,
+        /// Reachability probe interval.
+        probe_interval: Duration,
+    },
+    /// Read JSON files.
+    File {
+        /// File or directory.
+        path: PathBuf,
+        /// Poll interval.
+        interval: Duration,
+    },
+}
+
+/// Usage reporting settings.
+#[derive(Clone, Debug)]
+pub struct UsageConfig {
+    /// Namespace the reports are written to.
+    pub namespace: String,
+    /// Replica name.
+    pub replica: String,
+    /// Flush interval.
+    pub interval: Duration,
+}
+
+/// Parses `500ms` or a Go-style duration (`10s`, `1m30s`).
+pub fn parse_duration(flag: &str, s: &str) -> Result<Duration> {
+    let bad = || {
+        Error::Config(format!(
+            "--{flag}: {s:?} is not a duration (e.g. 500ms, 10s, 1m)"
+        ))
+    };
+    if let Some(ms) = s.strip_suffix("ms") {
+        return ms
+            .parse::<u64>()
+            .map(Duration::from_millis)
+            .map_err(|_| bad());
+    }
+    prodgy_crds::duration::parse(s).map_err(|_| bad())
+}
+
+fn addr(flag: &str, s: &str) -> Result<SocketAddr> {
+    s.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| Error::Config(format!("--{flag}: {s:?} is not a host:port that resolves")))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "proxy".to_owned())
+}
+
+impl Args {
+    /// Validates the flags.
+    pub fn validate(self) -> Result<Config> {
+        let source = match self.source {
+            SourceKind::Kubernetes => {
+                if self.hashed_secret_namespace.is_empty() {
+                    return Err(Error::Config(
+                        "--hashed-secret-namespace must not be empty".into(),
+                    ));
+                }
+                Source::Kubernetes {
+                    namespace: self.hashed_secret_namespace.clone(),
+                    probe_interval: parse_duration(
+                        "sync-probe-interval",
+                        &self.sync_probe_interval,
+                    )?,
+                }
+            }
+            SourceKind::File => Source::File {
+                path: self.tokens_path.clone().ok_or_else(|| {
+                    Error::Config("--tokens-path is required with --source file".into())
+                })?,
+                interval: parse_duration("reload-interval", &self.reload_interval)?,
+            },
+        };
+        let usage = if self.usage_reports {
+            if self.source != SourceKind::Kubernetes {
+                return Err(Error::Config(
+                    "--usage-reports needs --source kubernetes".into(),
+                ));
+            }
+            let interval = parse_duration("usage-flush-interval", &self.usage_flush_interval)?;
+            if interval.is_zero() {
+                return Err(Error::Config(
+                    "--usage-flush-interval must be above zero".into(),
+                ));
+            }
+            Some(UsageConfig {
+                namespace: self.hashed_secret_namespace.clone(),
+                replica: self
+                    .replica
+                    .clone()
+                    .filter(|r| !r.is_empty())
+                    .unwrap_or_else(hostname),
+                interval,
+            })
+        } else {
+            None
+        };
+        let threads = match self.threads {
+            Some(0) => return Err(Error::Config("--threads must be at least 1".into())),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, usize::from),
+        };
+        Ok(Config {
+            listen: addr("listen", &self.listen)?,
+            upstream: addr("upstream", &self.upstream)?,
+            metrics_addr: addr("metrics-addr", &self.metrics_addr)?,
+            source,
+            products: self
+                .products
+                .into_iter()
+                .filter(|p| !p.trim().is_empty())
+                .collect(),
+            usage,
+            threads,
+            log_format: self.log_format,
+            shutdown_timeout: parse_duration("shutdown-timeout", &self.shutdown_timeout)?,
+            upstream_keepalive_pool: self.upstream_keepalive_pool,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut v = vec!["prodgy-proxy"];
+        v.extend_from_slice(extra);
+        Args::try_parse_from(v).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = args(&[]).validate().unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:8000");
+        assert_eq!(c.upstream.to_string(), "127.0.0.1:8081");
+        assert_eq!(c.metrics_addr.to_string(), "0.0.0.0:9090");
+        assert!(
+            matches!(c.source, Source::Kubernetes { ref namespace, .. } if namespace == "prodgy-tokens")
+        );
+        assert!(c.usage.is_none() && c.products.is_empty() && c.threads >= 1);
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        let cases: [(&[&str], &str); 6] = [
+            (&["--source", "file"], "--tokens-path"),
+            (
+                &["--source", "file", "--tokens-path", "/x", "--usage-reports"],
+                "--usage-reports",
+            ),
+            (
+                &["--usage-reports", "--usage-flush-interval", "soon"],
+                "--usage-flush-interval",
+            ),
+            (&["--threads", "0"], "--threads"),
+            (&["--upstream", "nowhere"], "--upstream"),
+            (&["--shutdown-timeout=-1s"], "--shutdown-timeout"),
+        ];
+        for (a, flag) in cases {
+            let e = args(a).validate().unwrap_err().to_string();
+            assert!(e.contains(flag), "{a:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn durations_accept_milliseconds_and_go_style() {
+        assert_eq!(
+            parse_duration("x", "250ms").unwrap(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            parse_duration("x", "1m30s").unwrap(),
+            Duration::from_secs(90)
+        );
+        assert!(parse_duration("x", "1.5s").is_err());
+    }
+
+    #[test]
+    fn products_and_usage_are_parsed() {
+        let c = args(&[
+            "--products",
+            "acme,beta",
+            "--usage-reports",
+            "--replica",
+            "pod-1",
+        ])
+        .validate()
+        .unwrap();
+        assert_eq!(c.products, ["acme", "beta"]);
+        let u = c.usage.unwrap();
+        assert_eq!(
+            (u.replica.as_str(), u.interval),
+            ("pod-1", Duration::from_secs(10))
+        );
+    }
+}

@@ -1,0 +1,235 @@
+//! Process wiring: the pingora server with three services — the proxy, the
+//! ops endpoints, and a control task that feeds the index, writes usage
+//! reports and runs the shutdown sequence.
+//!
+//! Shutdown (SIGTERM): pingora stops accepting and closes idle keep-alive
+//! connections; the control task waits until no request is in flight (or
+//! `--shutdown-timeout` passes), writes the final usage reports, and exits.
+//! Pingora's own grace period would otherwise sleep for its full length.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use kube::Api;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownWatch};
+use pingora::services::background::{BackgroundService, background_service};
+use pingora::services::listening::Service;
+use prodgy_crds::UsageReport;
+
+use crate::config::{Config, Source, UsageConfig};
+use crate::index::{IndexWriter, ProductFilter};
+use crate::ops::Ops;
+use crate::proxy::{AuthProxy, in_flight};
+use crate::source::{self, SharedWriter};
+use crate::state::State;
+use crate::usage::{Reporter, new_epoch};
+use crate::{Error, Result};
+
+/// The background control task.
+struct Control {
+    state: Arc<State>,
+    writer: SharedWriter,
+    source: Source,
+    usage: Option<(UsageConfig, String)>,
+    shutdown_timeout: Duration,
+}
+
+async fn kube_client() -> kube::Client {
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match kube::Client::try_default().await {
+            Ok(c) => return c,
+            Err(e) => {
+                tracing::error!(error = %e, "no Kubernetes client configuration; retrying (not ready meanwhile)");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+async fn flush(reporter: &mut Reporter, api: &Api<UsageReport>, state: &State) {
+    match reporter.flush(api, &state.cells.snapshot()).await {
+        Ok(n) => {
+            for _ in 0..n {
+                state.metrics.report_written(true);
+            }
+            tracing::debug!(reports = n, "usage reports written");
+        }
+        Err(e) => {
+            state.metrics.report_written(false);
+            tracing::warn!(error = %e, "writing usage reports failed; counts are kept and retried");
+        }
+    }
+}
+
+impl Control {
+    async fn run(&self, mut shutdown: ShutdownWatch) {
+        let needs_kube = matches!(self.source, Source::Kubernetes { .. }) || self.usage.is_some();
+        let client = if needs_kube {
+            tokio::select! {
+                c = kube_client() => Some(c),
+                _ = shutdown.changed() => None,
+            }
+        } else {
+            None
+        };
+        match (&self.source, &client) {
+            (Source::File { path, interval }, _) => {
+                tokio::spawn(source::run_file(
+                    self.writer.clone(),
+                    path.clone(),
+                    *interval,
+                ));
+            }
+            (
+                Source::Kubernetes {
+                    namespace,
+                    probe_interval,
+                },
+                Some(c),
+            ) => {
+                tokio::spawn(source::run_kube(
+                    self.writer.clone(),
+                    c.clone(),
+                    namespace.clone(),
+                    *probe_interval,
+                ));
+            }
+            (Source::Kubernetes { .. }, None) => {}
+        }
+        let mut reporter = match (&self.usage, &client) {
+            (Some((cfg, epoch)), Some(c)) => {
+                tracing::info!(replica = %cfg.replica, epoch = %epoch, "usage reports enabled");
+                Some((
+                    Reporter::new(cfg.replica.clone(), epoch.clone()),
+                    Api::<UsageReport>::namespaced(c.clone(), &cfg.namespace),
+                    cfg.interval,
+                ))
+            }
+            _ => None,
+        };
+        let mut tick = tokio::time::interval(
+            reporter
+                .as_ref()
+                .map_or(Duration::from_secs(3600), |(_, _, i)| *i),
+        );
+        tick.tick().await;
+        while !*shutdown.borrow() {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if let Some((rep, api, _)) = reporter.as_mut() {
+                        flush(rep, api, &self.state).await;
+                    }
+                }
+                _ = shutdown.changed() => {}
+            }
+        }
+        self.drain().await;
+        if let Some((rep, api, _)) = reporter.as_mut() {
+            match tokio::time::timeout(Duration::from_secs(5), flush(rep, api, &self.state)).await {
+                Ok(()) => tracing::info!("final usage reports written"),
+                Err(_) => tracing::warn!("final usage report write timed out"),
+            }
+        }
+        tracing::info!("shutdown complete");
+        // Pingora would sleep out the rest of its grace period; everything is
+        // drained and flushed, so end here.
+        std::process::exit(0);
+    }
+
+    async fn drain(&self) {
+        let started = Instant::now();
+        let n = in_flight();
+        tracing::info!(in_flight = n, "shutting down: draining in-flight requests");
+        while in_flight() > 0 && started.elapsed() < self.shutdown_timeout {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = in_flight();
+        if left > 0 {
+            tracing::warn!(
+                in_flight = left,
+                "shutdown timeout reached with requests still in flight"
+            );
+        } else {
+            tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "drained");
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Control {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.run(shutdown).await;
+    }
+}
+
+fn check_bind(addr: SocketAddr, flag: &str) -> Result<()> {
+    TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|e| Error::Config(format!("--{flag}: cannot listen on {addr}: {e}")))
+}
+
+/// Runs the proxy until SIGTERM/SIGINT.
+pub fn run(config: Config) -> Result<()> {
+    check_bind(config.listen, "listen")?;
+    check_bind(config.metrics_addr, "metrics-addr")?;
+    let state = Arc::new(State::default());
+    let writer = Arc::new(Mutex::new(IndexWriter::new(
+        state.index.clone(),
+        ProductFilter::new(config.products),
+    )));
+    let usage = match config.usage {
+        Some(u) => Some((u, new_epoch()?)),
+        None => None,
+    };
+
+    let conf = ServerConf {
+        threads: config.threads,
+        upstream_keepalive_pool_size: config.upstream_keepalive_pool,
+        // A backstop only: the control task exits once drained.
+        grace_period_seconds: Some(config.shutdown_timeout.as_secs() + 10),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        AuthProxy::new(state.clone(), config.upstream),
+        "prodgy proxy",
+    );
+    proxy.add_tcp(&config.listen.to_string());
+
+    let mut ops = Service::new("prodgy ops".to_owned(), Ops::new(state.clone()));
+    ops.threads = Some(1);
+    ops.add_tcp(&config.metrics_addr.to_string());
+
+    let control = background_service(
+        "prodgy control",
+        Control {
+            state,
+            writer,
+            source: config.source,
+            usage,
+            shutdown_timeout: config.shutdown_timeout,
+        },
+    );
+
+    server.add_service(proxy);
+    server.add_service(ops);
+    server.add_service(control);
+    tracing::info!(
+        listen = %config.listen,
+        upstream = %config.upstream,
+        metrics = %config.metrics_addr,
+        threads = config.threads,
+        "prodgy-proxy starting"
+    );
+    server.run(RunArgs::default());
+    Ok(())
+}
