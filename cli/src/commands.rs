@@ -206,11 +206,10 @@ impl Session {
                 args.name
             )));
         }
-        if let Some(at) = expired_at(&token, Utc::now()) {
+        if let Some(when) = expired(&token, Utc::now()) {
             return Err(Error::Refused(format!(
-                "apitoken {:?} expired at {}: a regenerated token would be expired too; create a new token",
-                args.name,
-                rfc3339(at)
+                "apitoken {:?} {when}: a regenerated token would be expired too; create a new token",
+                args.name
             )));
         }
         let target = token.spec.regeneration + 1;
@@ -276,11 +275,10 @@ impl Session {
                 args.name
             )));
         }
-        if let Some(at) = expired_at(&token, Utc::now()) {
+        if let Some(when) = expired(&token, Utc::now()) {
             return Err(Error::Refused(format!(
-                "apitoken {:?} expired at {}: activating it would not make it usable; create a new token",
-                args.name,
-                rfc3339(at)
+                "apitoken {:?} {when}: activating it would not make it usable; create a new token",
+                args.name
             )));
         }
         if token.spec.active {
@@ -590,14 +588,16 @@ fn is_revoked(token: &ApiToken) -> bool {
     token.spec.revoked || token.status.as_ref().and_then(|s| s.phase) == Some(Phase::Revoked)
 }
 
-/// When the token expired, if it has: by the operator's word or by the clock
-/// (the proxy checks the clock too, so a lagging status changes nothing).
-fn expired_at(token: &ApiToken, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+/// "expired at …" if the token has expired: by the operator's word or by
+/// the clock (the proxy checks the clock too, so a lagging status changes
+/// nothing).
+fn expired(token: &ApiToken, now: DateTime<Utc>) -> Option<String> {
     let status = token.status.as_ref();
     let at = token.spec.expires_at.or(status.and_then(|s| s.expires_at));
     let by_status = status.and_then(|s| s.phase) == Some(Phase::Expired);
     match at {
-        Some(at) if at <= now || by_status => Some(at),
+        Some(at) if at <= now || by_status => Some(format!("expired at {}", rfc3339(at))),
+        None if by_status => Some("has expired".into()),
         _ => None,
     }
 }
@@ -685,17 +685,26 @@ mod tests {
         let now = at("2026-06-01T00:00:00Z");
         let spec: ApiTokenSpec = serde_json::from_str(r#"{"product":"acme"}"#).unwrap();
         let mut t = ApiToken::new("ci", spec);
-        assert_eq!(expired_at(&t, now), None);
+        assert_eq!(expired(&t, now), None);
         t.spec.expires_at = Some(at("2026-07-01T00:00:00Z"));
-        assert_eq!(expired_at(&t, now), None);
+        assert_eq!(expired(&t, now), None);
         t.spec.expires_at = Some(at("2026-05-01T00:00:00Z"));
-        assert_eq!(expired_at(&t, now), Some(at("2026-05-01T00:00:00Z")));
+        assert_eq!(
+            expired(&t, now).as_deref(),
+            Some("expired at 2026-05-01T00:00:00Z")
+        );
+        // The operator's word counts even if the clocks disagree.
         t.spec.expires_at = Some(at("2026-07-01T00:00:00Z"));
         t.status = Some(ApiTokenStatus {
             phase: Some(Phase::Expired),
             ..Default::default()
         });
-        assert!(expired_at(&t, now).is_some());
+        assert_eq!(
+            expired(&t, now).as_deref(),
+            Some("expired at 2026-07-01T00:00:00Z")
+        );
+        t.spec.expires_at = None;
+        assert_eq!(expired(&t, now).as_deref(), Some("has expired"));
     }
 
     #[test]
