@@ -2,7 +2,7 @@
 //! kubectl resolves them: explicit flags, then KUBECONFIG, then
 //! `~/.kube/config`, then the in-cluster service account.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
@@ -48,20 +48,27 @@ pub async fn session(global: &GlobalArgs) -> Result<Session> {
 }
 
 /// Reads and merges a ':'-separated list of kubeconfig files, first wins,
-/// as kubectl does with KUBECONFIG.
+/// as kubectl does with KUBECONFIG; like kubectl it skips listed files that
+/// do not exist, as long as one does.
 fn read_kubeconfigs(paths: &str) -> Result<Kubeconfig> {
+    let listed: Vec<PathBuf> = std::env::split_paths(paths)
+        .filter(|p| !p.as_os_str().is_empty())
+        .collect();
     let mut merged: Option<Kubeconfig> = None;
-    for path in std::env::split_paths(paths).filter(|p| !p.as_os_str().is_empty()) {
-        let next = read_one(&path)?;
+    for path in &listed {
+        if listed.len() > 1 && !path.exists() {
+            continue;
+        }
+        let next = read_one(path)?;
         merged = Some(match merged {
             None => next,
             Some(m) => m.merge(next).map_err(|e| Error::Kubeconfig(one_line(&e)))?,
         });
     }
-    merged.ok_or_else(|| Error::Kubeconfig(format!("no kubeconfig file in {paths:?}")))
+    merged.ok_or_else(|| Error::Kubeconfig(format!("no kubeconfig file found in {paths:?}")))
 }
 
-fn read_one(path: &PathBuf) -> Result<Kubeconfig> {
+fn read_one(path: &Path) -> Result<Kubeconfig> {
     Kubeconfig::read_from(path)
         .map_err(|e| Error::Kubeconfig(format!("{}: {}", path.display(), one_line(&e))))
 }
