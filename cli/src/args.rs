@@ -19,7 +19,7 @@ use crate::render::Format;
 #[command(name = "kubectl-apitoken", bin_name = "kubectl apitoken", version)]
 pub struct Cli {
     /// Options shared by every command.
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Global options")]
     pub global: GlobalArgs,
     /// The action.
     #[command(subcommand)]
@@ -47,8 +47,8 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "KUBECONFIG", hide_env_values = true)]
     pub kubeconfig: Option<String>,
     /// How long to wait for the API server and for the operator (e.g. 30s, 2m)
-    #[arg(long, global = true, env = "KUBECTL_APITOKEN_TIMEOUT", default_value = "30s",
-          value_parser = timeout_flag)]
+    #[arg(long, global = true, env = "KUBECTL_APITOKEN_TIMEOUT", hide_env_values = true,
+          default_value = "30s", value_parser = timeout_flag)]
     pub timeout: Duration,
 }
 
