@@ -77,17 +77,19 @@ panel("timeseries", "401 / 403 / 429", [
 ], 12, 8, 12, "reqps", "401: no valid token (missing, malformed, unknown, inactive, expired, revoked). 403: wrong product or missing scope. 429: rate limited.")
 y += 8
 row("Tokens")
-panel("piechart", "Tokens by phase", [t('max by (phase) (prodgy_operator_tokens{namespace=~"$namespace"})', "{{phase}}", instant=True)], 8, 8, 0, "short",
+panel("piechart", "Tokens by phase", [t('sum by (phase) (max by (phase, token_namespace) (prodgy_operator_tokens{namespace=~"$namespace"}))', "{{phase}}", instant=True)], 8, 8, 0, "short",
       "ApiTokens by status.phase, as the operator sees them.",
       {"options": {"reduceOptions": {"calcs": ["lastNotNull"], "values": False}, "legend": {"displayMode": "table", "placement": "right", "values": ["value"]}}})
-panel("table", "Tokens expiring soonest", [t('bottomk(20, (max by (token_namespace, name, product) (prodgy_operator_token_expiry_timestamp_seconds{namespace=~"$namespace"}) - time()) > 0)', "", instant=True, format="table")], 8, 8, 8, "s",
+panel("table", "Tokens expiring soonest", [t('bottomk(20, (max by (token_namespace, name) (prodgy_operator_token_expiry_timestamp_seconds{namespace=~"$namespace"}) - time()) > 0)', "", instant=True, format="table")], 8, 8, 8, "s",
       "Time left before each token with an expiry stops working.")
 panel("table", "Last use per token", [t(f'time() - max by (token_namespace, name, product) (prodgy_proxy_token_last_used_timestamp_seconds{{namespace=~"$namespace",{TOK}}})', "", instant=True, format="table")], 8, 8, 16, "s",
       "Time since each token was last accepted by any proxy replica.")
 y += 8
 panel("timeseries", "Operator reconciles", [
     t('sum by (result) (rate(prodgy_operator_reconciles_total{namespace=~"$namespace"}[$__rate_interval]))', "{{result}}"),
-], 24, 7, 0, "ops")
+], 16, 7, 0, "ops", "Reconciles per second by result (ok, or the error label).")
+panel("stat", "Operator leader", [t('sum(prodgy_operator_leader{namespace=~"$namespace"})', "")], 8, 7, 16, "short",
+      "Replicas holding the Lease: 1 is healthy, 0 means nothing reconciles.")
 
 def var(name, query, label, multi=True):
     return {"name": name, "label": label, "type": "query", "datasource": DS,
