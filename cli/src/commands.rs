@@ -1,11 +1,11 @@
 //! The commands: thin kube calls around the pure modules.
 //!
 //! Every write uses the field manager [`FIELD_MANAGER`]: `create` is a
-//! server-side apply of the fields the user chose; the toggles are JSON
+//! server-side apply of the fields the user chose; the other writes are JSON
 //! merge patches of one field (a partial server-side apply would drop the
-//! fields `create` applied). Patches that depend on what was read carry the
-//! read `resourceVersion`, so a concurrent change yields a conflict instead
-//! of a lost update.
+//! fields `create` applied). Setting `active`/`revoked` is idempotent and
+//! needs no guard; `regenerate` computes n+1 from what it read, so its patch
+//! carries the read `resourceVersion`.
 
 use std::time::Duration;
 
@@ -212,12 +212,9 @@ impl Session {
                 args.name
             )));
         }
-        let target = token.spec.regeneration + 1;
-        let mut spec = json!({ "regeneration": target });
-        if let Some(grace) = args.grace {
-            spec["regenerationGracePeriod"] = json!(format_duration(grace));
-        }
-        self.patch_spec(&args.name, &token, spec).await?;
+        let target = self
+            .bump_regeneration(&args.name, &token, args.grace)
+            .await?;
         writeln!(
             term.err,
             "apitoken {:?}: regeneration {target} requested; waiting for the operator to issue the new token...",
@@ -256,7 +253,7 @@ impl Session {
             writeln!(term.out, "apitoken {:?} is already inactive.", args.name)?;
             return Ok(());
         }
-        self.patch_spec(&args.name, &token, json!({ "active": false }))
+        self.patch_spec(&args.name, json!({ "active": false }), None)
             .await?;
         writeln!(
             term.out,
@@ -285,7 +282,7 @@ impl Session {
             writeln!(term.out, "apitoken {:?} is already active.", args.name)?;
             return Ok(());
         }
-        self.patch_spec(&args.name, &token, json!({ "active": true }))
+        self.patch_spec(&args.name, json!({ "active": true }), None)
             .await?;
         writeln!(
             term.out,
@@ -325,7 +322,7 @@ impl Session {
                 Some(true) => {}
             }
         }
-        self.patch_spec(&args.name, &token, json!({ "revoked": true }))
+        self.patch_spec(&args.name, json!({ "revoked": true }), None)
             .await?;
         writeln!(
             term.out,
@@ -367,10 +364,11 @@ impl Session {
         }
     }
 
-    /// Merge-patches `spec` fields, guarded by the resourceVersion we read.
-    async fn patch_spec(&self, name: &str, read: &ApiToken, spec: Value) -> Result<()> {
+    /// Merge-patches `spec` fields. With `guard`, only if the object still
+    /// has that resourceVersion (409 otherwise).
+    async fn patch_spec(&self, name: &str, spec: Value, guard: Option<&str>) -> Result<()> {
         let mut patch = json!({ "spec": spec });
-        if let Some(rv) = &read.metadata.resource_version {
+        if let Some(rv) = guard {
             patch["metadata"] = json!({ "resourceVersion": rv });
         }
         let params = PatchParams {
@@ -392,6 +390,40 @@ impl Session {
             }),
             Err(e) => Err(self.api_error(e, "patch", TOKENS)),
         }
+    }
+
+    /// Sets `spec.regeneration` to one more than `read` holds. A conflict
+    /// caused by a status write (the operator folding usage) is retried; one
+    /// caused by someone else regenerating is reported, so two concurrent
+    /// `regenerate`s never silently issue twice.
+    async fn bump_regeneration(
+        &self,
+        name: &str,
+        read: &ApiToken,
+        grace: Option<Duration>,
+    ) -> Result<i64> {
+        let seen = read.spec.regeneration;
+        let target = seen + 1;
+        let mut spec = json!({ "regeneration": target });
+        if let Some(grace) = grace {
+            spec["regenerationGracePeriod"] = json!(format_duration(grace));
+        }
+        let mut rv = read.metadata.resource_version.clone();
+        for _ in 0..5 {
+            match self.patch_spec(name, spec.clone(), rv.as_deref()).await {
+                Err(Error::Conflict { .. }) => {
+                    let now = self.get_token(name).await?;
+                    if now.spec.regeneration != seen {
+                        break;
+                    }
+                    rv = now.metadata.resource_version;
+                }
+                other => return other.map(|()| target),
+            }
+        }
+        Err(Error::Conflict {
+            name: name.to_owned(),
+        })
     }
 
     /// Polls until the operator has issued `regeneration` and the delivery
