@@ -136,6 +136,7 @@ impl Builder {
         let shared = Arc::new(Shared {
             store: std::sync::Mutex::new(Store::new(self.history_limit)),
             available: AtomicBool::new(true),
+            overloaded: AtomicBool::new(false),
             disconnect,
             denied: std::sync::Mutex::new(HashSet::new()),
             requests: std::sync::Mutex::new(HashMap::new()),
@@ -283,8 +284,9 @@ current-context: prodgy-kube-fake
         self.register_crd(&prodgy_crds::UsageReport::crd())
     }
 
-    /// `false`: every request gets `503`, open connections (and so every
-    /// watch) are dropped. `true`: serve again.
+    /// `false`: the server goes down — open connections (and so every
+    /// watch) are cut and new ones are reset on accept, so clients see
+    /// connection errors and must reconnect. `true`: serve again.
     pub fn set_available(&self, available: bool) {
         self.shared.available.store(available, Ordering::SeqCst);
         if !available {
@@ -296,6 +298,19 @@ current-context: prodgy-kube-fake
     /// Whether the server answers requests.
     pub fn is_available(&self) -> bool {
         self.shared.available.load(Ordering::SeqCst)
+    }
+
+    /// `true`: every request is answered `503 Service Unavailable` (open
+    /// watches are cut). Note that `kube::Client` retries 503s itself with
+    /// a growing backoff (up to minutes), so a client call made meanwhile
+    /// blocks rather than fails; use [`Self::set_available`] to make calls
+    /// fail fast.
+    pub fn set_service_unavailable(&self, unavailable: bool) {
+        self.shared.overloaded.store(unavailable, Ordering::SeqCst);
+        if unavailable {
+            self.shared.store().close_watches();
+            self.shared.disconnect.send_modify(|n| *n += 1);
+        }
     }
 
     /// Answers `403 Forbidden` to `verb` (`get`, `list`, `watch`, `create`,

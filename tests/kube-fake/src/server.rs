@@ -30,7 +30,10 @@ const MAX_BODY: usize = 3 * 1024 * 1024;
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub store: Mutex<Store>,
+    /// `false`: connections are dropped as soon as they are accepted.
     pub available: AtomicBool,
+    /// `true`: every request is answered `503 Service Unavailable`.
+    pub overloaded: AtomicBool,
     /// Bumped to drop every open connection (outage, shutdown).
     pub disconnect: watch::Sender<u64>,
     pub denied: Mutex<HashSet<(String, String)>>,
@@ -82,6 +85,12 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
+                if !shared.available.load(Ordering::SeqCst) {
+                    // Down: reset the connection, as a dead server's host would.
+                    let _ = stream.set_linger(Some(Duration::ZERO));
+                    drop(stream);
+                    continue;
+                }
                 let _ = stream.set_nodelay(true);
                 let svc = hyper_util::service::TowerToHyperService::new(app.clone());
                 conns.spawn(async move {
@@ -184,7 +193,7 @@ fn route(path: &str, shared: &Shared) -> Result<Route, ApiError> {
 }
 
 async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
-    if !shared.available.load(Ordering::SeqCst) {
+    if !shared.available.load(Ordering::SeqCst) || shared.overloaded.load(Ordering::SeqCst) {
         return ApiError::new(
             503,
             "ServiceUnavailable",

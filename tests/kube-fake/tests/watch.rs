@@ -1,0 +1,341 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Watch semantics through a real `kube::Client` and kube-runtime.
+
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use prodgy_kube_fake::FakeApiServer;
+use serde_json::json;
+
+fn cm(name: &str, labels: &[(&str, &str)]) -> ConfigMap {
+    let mut c = ConfigMap::default();
+    c.metadata.name = Some(name.into());
+    c.metadata.labels = Some(
+        labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    c
+}
+
+/// Next event within one second, or a failure naming what was expected.
+async fn next_within<S>(stream: &mut S, what: &str) -> WatchEvent<ConfigMap>
+where
+    S: futures::Stream<Item = kube::Result<WatchEvent<ConfigMap>>> + Unpin,
+{
+    tokio::time::timeout(Duration::from_secs(1), stream.next())
+        .await
+        .unwrap_or_else(|_| panic!("no {what} event within 1 s"))
+        .unwrap_or_else(|| panic!("watch ended before {what}"))
+        .unwrap()
+}
+
+fn name_of(ev: &WatchEvent<ConfigMap>) -> (String, String) {
+    match ev {
+        WatchEvent::Added(o) => ("ADDED".into(), o.metadata.name.clone().unwrap()),
+        WatchEvent::Modified(o) => ("MODIFIED".into(), o.metadata.name.clone().unwrap()),
+        WatchEvent::Deleted(o) => ("DELETED".into(), o.metadata.name.clone().unwrap()),
+        WatchEvent::Bookmark(b) => ("BOOKMARK".into(), b.metadata.resource_version.clone()),
+        WatchEvent::Error(e) => ("ERROR".into(), e.code.to_string()),
+    }
+}
+
+#[tokio::test]
+async fn watch_delivers_changes_in_order_and_fast() {
+    let server = FakeApiServer::start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "w");
+    let mut stream = cms
+        .watch(&WatchParams::default(), "0")
+        .await
+        .unwrap()
+        .boxed();
+
+    let started = Instant::now();
+    cms.create(&PostParams::default(), &cm("a", &[]))
+        .await
+        .unwrap();
+    assert_eq!(
+        name_of(&next_within(&mut stream, "ADDED").await),
+        ("ADDED".into(), "a".into())
+    );
+    let latency = started.elapsed();
+    assert!(
+        latency < Duration::from_millis(500),
+        "event took {latency:?}"
+    );
+
+    let p = Patch::Merge(json!({"data": {"k": "v"}}));
+    cms.patch("a", &PatchParams::default(), &p).await.unwrap();
+    cms.delete("a", &DeleteParams::default()).await.unwrap();
+    assert_eq!(
+        name_of(&next_within(&mut stream, "MODIFIED").await),
+        ("MODIFIED".into(), "a".into())
+    );
+    match next_within(&mut stream, "DELETED").await {
+        WatchEvent::Deleted(o) => assert_eq!(o.data.unwrap()["k"], "v"),
+        other => panic!("expected DELETED, got {:?}", name_of(&other)),
+    }
+    // Events for another namespace are not ours.
+    let other: Api<ConfigMap> = Api::namespaced(server.client(), "elsewhere");
+    other
+        .create(&PostParams::default(), &cm("x", &[]))
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), stream.next())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn watch_resumes_from_a_resource_version_and_reports_410_when_too_old() {
+    let server = FakeApiServer::start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "w");
+    let a = cms
+        .create(&PostParams::default(), &cm("a", &[]))
+        .await
+        .unwrap();
+    let rv_a = a.metadata.resource_version.unwrap();
+    cms.create(&PostParams::default(), &cm("b", &[]))
+        .await
+        .unwrap();
+    cms.delete("a", &DeleteParams::default()).await.unwrap();
+
+    let mut stream = cms
+        .watch(&WatchParams::default(), &rv_a)
+        .await
+        .unwrap()
+        .boxed();
+    assert_eq!(
+        name_of(&next_within(&mut stream, "replayed b").await),
+        ("ADDED".into(), "b".into())
+    );
+    assert_eq!(
+        name_of(&next_within(&mut stream, "replayed delete").await),
+        ("DELETED".into(), "a".into())
+    );
+    cms.create(&PostParams::default(), &cm("c", &[]))
+        .await
+        .unwrap();
+    assert_eq!(
+        name_of(&next_within(&mut stream, "live c").await),
+        ("ADDED".into(), "c".into())
+    );
+
+    server.compact_history();
+    let mut stream = cms
+        .watch(&WatchParams::default(), &rv_a)
+        .await
+        .unwrap()
+        .boxed();
+    match next_within(&mut stream, "ERROR").await {
+        WatchEvent::Error(e) => {
+            assert_eq!(e.code, 410);
+            assert_eq!(e.reason, "Expired");
+        }
+        other => panic!("expected 410, got {:?}", name_of(&other)),
+    }
+    assert!(
+        stream.next().await.is_none(),
+        "the stream ends after the ERROR"
+    );
+}
+
+#[tokio::test]
+async fn selector_watch_sees_objects_enter_and_leave() {
+    let server = FakeApiServer::start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "w");
+    let wp = WatchParams::default().labels("app=web");
+    let mut stream = cms.watch(&wp, "0").await.unwrap().boxed();
+    cms.create(&PostParams::default(), &cm("db", &[("app", "db")]))
+        .await
+        .unwrap();
+    cms.create(&PostParams::default(), &cm("web", &[("app", "web")]))
+        .await
+        .unwrap();
+    assert_eq!(
+        name_of(&next_within(&mut stream, "web").await),
+        ("ADDED".into(), "web".into())
+    );
+    let leave = Patch::Merge(json!({"metadata": {"labels": {"app": "other"}}}));
+    cms.patch("web", &PatchParams::default(), &leave)
+        .await
+        .unwrap();
+    assert_eq!(
+        name_of(&next_within(&mut stream, "leave").await),
+        ("DELETED".into(), "web".into())
+    );
+    let enter = Patch::Merge(json!({"metadata": {"labels": {"app": "web"}}}));
+    cms.patch("db", &PatchParams::default(), &enter)
+        .await
+        .unwrap();
+    assert_eq!(
+        name_of(&next_within(&mut stream, "enter").await),
+        ("ADDED".into(), "db".into())
+    );
+}
+
+#[tokio::test]
+async fn bookmarks_timeouts_and_initial_events() {
+    let server = FakeApiServer::builder()
+        .bookmark_interval(Duration::from_millis(50))
+        .start()
+        .await
+        .unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "w");
+    cms.create(&PostParams::default(), &cm("a", &[]))
+        .await
+        .unwrap();
+
+    let mut wp = WatchParams::default().initial_events();
+    wp.bookmarks = true;
+    let mut stream = cms.watch(&wp, "").await.unwrap().boxed();
+    assert_eq!(
+        name_of(&next_within(&mut stream, "initial a").await),
+        ("ADDED".into(), "a".into())
+    );
+    match next_within(&mut stream, "initial-events-end").await {
+        WatchEvent::Bookmark(b) => {
+            assert_eq!(b.metadata.annotations["k8s.io/initial-events-end"], "true");
+            assert_eq!(
+                b.metadata.resource_version,
+                server.resource_version().to_string()
+            );
+        }
+        other => panic!("expected bookmark, got {:?}", name_of(&other)),
+    }
+    // Periodic bookmarks follow.
+    assert_eq!(
+        name_of(&next_within(&mut stream, "periodic").await).0,
+        "BOOKMARK"
+    );
+
+    let started = Instant::now();
+    let mut short = cms
+        .watch(&WatchParams::default().timeout(1), "0")
+        .await
+        .unwrap()
+        .boxed();
+    assert_eq!(name_of(&next_within(&mut short, "a").await).1, "a");
+    // Only bookmarks until the server ends the watch.
+    while let Some(ev) = tokio::time::timeout(Duration::from_secs(3), short.next())
+        .await
+        .unwrap()
+    {
+        assert_eq!(name_of(&ev.unwrap()).0, "BOOKMARK");
+    }
+    assert!(started.elapsed() >= Duration::from_millis(900));
+}
+
+#[tokio::test]
+async fn reflector_converges_and_survives_an_outage() {
+    let server = FakeApiServer::start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "r");
+    cms.create(&PostParams::default(), &cm("before", &[]))
+        .await
+        .unwrap();
+
+    let (reader, writer) = reflector::store::<ConfigMap>();
+    let config = watcher::Config::default();
+    let stream = reflector(writer, watcher(cms.clone(), config))
+        .default_backoff()
+        .applied_objects();
+    let task = tokio::spawn(stream.for_each(|_| async {}));
+    let wait_for = |n: usize| {
+        let reader = reader.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while reader.state().len() != n {
+                assert!(
+                    Instant::now() < deadline,
+                    "store has {} objects, want {n}",
+                    reader.state().len()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait_for(1).await;
+    cms.create(&PostParams::default(), &cm("live", &[]))
+        .await
+        .unwrap();
+    wait_for(2).await;
+
+    server.set_available(false);
+    let started = Instant::now();
+    cms.get("before").await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "a call to a down server fails fast"
+    );
+    // Changes made behind the clients' back while they cannot reach us.
+    server
+        .put_object(
+            "configmaps",
+            json!({"metadata": {"name": "during", "namespace": "r"}}),
+        )
+        .unwrap();
+    server
+        .delete_object("configmaps", Some("r"), "before")
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.set_available(true);
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut names: Vec<String> = reader
+            .state()
+            .iter()
+            .map(|c| c.metadata.name.clone().unwrap())
+            .collect();
+        names.sort();
+        if names == ["during", "live"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "reflector stuck at {names:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cms.create(&PostParams::default(), &cm("after", &[]))
+        .await
+        .unwrap();
+    wait_for(3).await;
+    task.abort();
+}
+
+#[tokio::test]
+async fn streaming_list_watcher_converges() {
+    let server = FakeApiServer::start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "s");
+    for n in ["a", "b", "c"] {
+        cms.create(&PostParams::default(), &cm(n, &[]))
+            .await
+            .unwrap();
+    }
+    let mut events = watcher(cms.clone(), watcher::Config::default().streaming_lists()).boxed();
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        match tokio::time::timeout(Duration::from_secs(2), events.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Some(watcher::Event::InitApply(o)) => seen.push(o.metadata.name.unwrap()),
+            Some(watcher::Event::Init | watcher::Event::InitDone) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(seen, ["a", "b", "c"]);
+    match tokio::time::timeout(Duration::from_secs(2), events.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        Some(watcher::Event::InitDone) => {}
+        other => panic!("expected InitDone, got {other:?}"),
+    }
+}
