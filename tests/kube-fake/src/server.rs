@@ -87,7 +87,7 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 let Ok((stream, _)) = accepted else { continue };
                 if !shared.available.load(Ordering::SeqCst) {
                     // Down: reset the connection, as a dead server's host would.
-                    let _ = stream.set_linger(Some(Duration::ZERO));
+                    let _ = stream.set_zero_linger();
                     drop(stream);
                     continue;
                 }
