@@ -451,6 +451,8 @@ pub async fn execute(
     body: Body,
 ) -> Result<impl IntoResponse> {
     let body = read_limited(body, state.config.limits.max_json_bytes).await?;
+    // The trigger first: a foreign or unknown id is 404 whatever the body.
+    let row = fetch(&state, &caller.product, &id).await?;
     let request: ExecuteTrigger = if body.iter().all(u8::is_ascii_whitespace) {
         ExecuteTrigger::default()
     } else if !is_json(headers.get(header::CONTENT_TYPE)) {
@@ -460,7 +462,6 @@ pub async fn execute(
     } else {
         parse_json(&body)?
     };
-    let row = fetch(&state, &caller.product, &id).await?;
     if row.enabled == 0 {
         return Err(Error::Conflict {
             code: "trigger_disabled",
