@@ -24,6 +24,22 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// Reads a response to its end (an SSE stream until the server closes it).
+    pub async fn read(resp: reqwest::Response) -> Result<Self> {
+        let status = resp.status();
+        let www_authenticate = resp
+            .headers()
+            .get(reqwest::header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = resp.text().await.context("reading the body")?;
+        Ok(Self {
+            status,
+            www_authenticate,
+            body,
+        })
+    }
+
     /// The body as JSON (`Null` when it is not JSON).
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
@@ -74,21 +90,9 @@ impl Caller {
             .send()
             .await
             .with_context(|| format!("{method} {path}"))?;
-        let status = resp.status();
-        let www_authenticate = resp
-            .headers()
-            .get(reqwest::header::WWW_AUTHENTICATE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let body = resp
-            .text()
+        Reply::read(resp)
             .await
-            .with_context(|| format!("{method} {path}: body"))?;
-        Ok(Reply {
-            status,
-            www_authenticate,
-            body,
-        })
+            .with_context(|| format!("{method} {path}"))
     }
 
     /// `GET path` with a token.
@@ -96,7 +100,7 @@ impl Caller {
         self.call(Method::GET, path, Some(token), None).await
     }
 
-    /// Sends a raw request built by `build` (multipart uploads, SSE).
+    /// Sends a request built by `build` (raw bodies, custom headers).
     pub async fn raw(
         &self,
         build: impl FnOnce(&reqwest::Client, &str) -> reqwest::RequestBuilder,
@@ -104,6 +108,6 @@ impl Caller {
         build(&self.client, &self.base)
             .send()
             .await
-            .context("raw request")
+            .context("sending the request")
     }
 }

@@ -1,12 +1,14 @@
 //! A tour of every resource group of the API through the proxy, the way an
-//! API consumer would use a fresh token: install an agent, list it and its
-//! executions, create an integration, upload a file and find it in the
-//! knowledge base, send a webhook, list triggers, read chat history.
+//! API consumer would use a fresh token: upload a document and find it in
+//! the knowledge base, install an agent that answers from it, fire it from a
+//! webhook and from its trigger, read its executions, create an integration,
+//! and chat with the assistant over SSE. Every call must succeed, and the
+//! data must be there when read back.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use prodgy_crds::RouteGroup;
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::caller::{Caller, Reply};
 
@@ -21,8 +23,8 @@ pub struct Step {
     pub status: u16,
 }
 
-/// Runs the tour with `token`; every call must succeed (2xx). Returns the
-/// calls made, so a caller can check usage counters against them.
+/// Runs the tour with `token`. Returns the calls made (all answered 2xx),
+/// so a caller can check usage counters against them.
 pub async fn tour(caller: &Caller, token: &str) -> Result<Vec<Step>> {
     let mut t = Tour {
         caller,
@@ -30,71 +32,181 @@ pub async fn tour(caller: &Caller, token: &str) -> Result<Vec<Step>> {
         steps: Vec::new(),
     };
     let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let word = format!("zephyr{suffix}");
+    let file = format!("notes-{suffix}.txt");
 
+    // Storage: a streamed upload, then the file is listed and downloads intact.
+    let text = format!("The quickstart word of the day is {word}.");
+    t.send(
+        RouteGroup::Storage,
+        Method::POST,
+        &format!("/api/knowledge-base/storage?name={file}"),
+        Body::Raw(text.clone()),
+    )
+    .await?;
+    let listed = t
+        .get(RouteGroup::Storage, "/api/knowledge-base/storage")
+        .await?;
+    ensure!(
+        listed.body.contains(&file),
+        "uploaded file not listed: {}",
+        listed.body
+    );
+    let downloaded = t
+        .get(
+            RouteGroup::Storage,
+            &format!("/api/knowledge-base/storage/{file}"),
+        )
+        .await?;
+    ensure!(
+        downloaded.body == text,
+        "download differs from upload: {:?}",
+        downloaded.body
+    );
+
+    // Knowledge base: the uploaded text is searchable.
+    t.get(RouteGroup::KnowledgeBase, "/api/knowledge-base")
+        .await?;
+    let found = t
+        .get(
+            RouteGroup::KnowledgeBase,
+            &format!("/api/knowledge-base/search?q={word}"),
+        )
+        .await?;
+    ensure!(
+        found.json()["results"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty()),
+        "search for {word} found nothing: {}",
+        found.body
+    );
+
+    // Agents and triggers: an agent that answers from the knowledge base,
+    // fired by a webhook trigger.
     let agent = t
-        .json(
+        .send(
             RouteGroup::Agents,
             Method::POST,
             "/api/agent-base",
-            json!({
+            Body::Json(json!({
                 "name": format!("faq-{suffix}"),
                 "description": "answers from the knowledge base",
                 "kind": "knowledge",
                 "config": {}
-            }),
+            })),
         )
-        .await?;
-    let agent_id = id_of(&agent).context("installed agent has no id")?;
-    t.get(RouteGroup::Agents, "/api/agent-base").await?;
-    t.get(
-        RouteGroup::Executions,
-        &format!("/api/agent-base/{agent_id}/executions"),
-    )
-    .await?;
+        .await?
+        .json();
+    let agent_id = str_field(&agent, "id").context("installed agent has no id")?;
+    let agents = t.get(RouteGroup::Agents, "/api/agent-base").await?;
+    ensure!(
+        agents.body.contains(&agent_id),
+        "installed agent not listed"
+    );
+    let trigger = t
+        .send(
+            RouteGroup::Triggers,
+            Method::POST,
+            "/api/agent-base/triggers",
+            Body::Json(json!({
+                "agent_id": agent_id,
+                "name": format!("on-tour-{suffix}"),
+                "kind": "webhook",
+                "config": {"path": format!("tour/{suffix}")}
+            })),
+        )
+        .await?
+        .json();
+    let trigger_id = str_field(&trigger, "id").context("created trigger has no id")?;
     t.get(RouteGroup::Triggers, "/api/agent-base/triggers")
         .await?;
+    t.get(
+        RouteGroup::Triggers,
+        &format!("/api/agent-base/triggers/{trigger_id}"),
+    )
+    .await?;
+    let accepted = t
+        .send(
+            RouteGroup::Webhooks,
+            Method::POST,
+            &format!("/api/webhook/tour/{suffix}"),
+            Body::Json(json!({"question": format!("what is the word of the day {word}")})),
+        )
+        .await?
+        .json();
+    ensure!(
+        accepted["executions"]
+            .as_array()
+            .is_some_and(|e| e.len() == 1),
+        "the webhook fired {} executions, want 1",
+        accepted["executions"]
+    );
+    t.send(
+        RouteGroup::Triggers,
+        Method::POST,
+        &format!("/api/agent-base/triggers/{trigger_id}/execute"),
+        Body::Empty,
+    )
+    .await?;
+    let runs = t
+        .get(
+            RouteGroup::Executions,
+            &format!("/api/agent-base/{agent_id}/executions"),
+        )
+        .await?;
+    let runs = runs.json()["items"].as_array().map_or(0, Vec::len);
+    ensure!(
+        runs == 2,
+        "agent shows {runs} executions, want 2 (webhook + execute)"
+    );
 
-    t.json(
+    // Integrations: credentials are accepted and never returned.
+    let secret = format!("never-shown-{suffix}");
+    t.send(
         RouteGroup::Integrations,
         Method::POST,
         "/api/integrations-base",
-        json!({
+        Body::Json(json!({
             "name": format!("crm-{suffix}"),
             "kind": "http",
             "config": {"base_url": "http://127.0.0.1:9/"},
-            "credentials": {"type": "bearer", "token": "not-a-real-secret"}
-        }),
+            "credentials": {"type": "bearer", "token": secret}
+        })),
     )
     .await?;
-    t.get(RouteGroup::Integrations, "/api/integrations-base")
+    let integrations = t
+        .get(RouteGroup::Integrations, "/api/integrations-base")
         .await?;
+    ensure!(
+        integrations.body.contains(&format!("crm-{suffix}"))
+            && !integrations.body.contains(&secret),
+        "integration not listed, or its credentials returned: {}",
+        integrations.body
+    );
 
-    t.upload(
-        &format!("notes-{suffix}.txt"),
-        format!("The quickstart word of the day is zephyr{suffix}."),
-    )
-    .await?;
-    t.get(RouteGroup::Storage, "/api/knowledge-base/storage")
+    // Assistant: an SSE stream that ends, then the conversation is listed.
+    let chat = t
+        .send(
+            RouteGroup::Assistant,
+            Method::POST,
+            "/api/assistant/chat",
+            Body::Json(json!({"message": format!("What is the word of the day {word}?")})),
+        )
         .await?;
-    t.get(RouteGroup::KnowledgeBase, "/api/knowledge-base")
-        .await?;
-    t.get(
-        RouteGroup::KnowledgeBase,
-        &format!("/api/knowledge-base/search?q=zephyr{suffix}"),
-    )
-    .await?;
-
-    t.json(
-        RouteGroup::Webhooks,
-        Method::POST,
-        "/api/webhook/tour",
-        json!({"event": "tour", "suffix": suffix}),
-    )
-    .await?;
-    t.get(RouteGroup::Assistant, "/api/assistant/chat/history")
-        .await?;
+    ensure!(
+        chat.body.contains("event:") && chat.body.contains("done"),
+        "chat stream did not finish: {:?}",
+        chat.body.chars().take(300).collect::<String>()
+    );
+    t.get(RouteGroup::Assistant, "/api/assistant/chat").await?;
 
     Ok(t.steps)
+}
+
+enum Body {
+    Empty,
+    Json(Value),
+    Raw(String),
 }
 
 struct Tour<'a> {
@@ -109,44 +221,40 @@ impl Tour<'_> {
         self.record(group, "GET", path, reply)
     }
 
-    async fn json(
+    async fn send(
         &mut self,
         group: RouteGroup,
         method: Method,
         path: &str,
-        body: serde_json::Value,
-    ) -> Result<serde_json::Value> {
-        let reply = self
-            .caller
-            .call(method.clone(), path, Some(self.token), Some(&body))
-            .await?;
-        Ok(self.record(group, method.as_str(), path, reply)?.json())
-    }
-
-    async fn upload(&mut self, name: &str, text: String) -> Result<Reply> {
-        let path = "/api/knowledge-base/storage";
-        let token = self.token.to_owned();
-        let part = reqwest::multipart::Part::text(text)
-            .file_name(name.to_owned())
-            .mime_str("text/plain")?;
-        let form = reqwest::multipart::Form::new().part("file", part);
-        let resp = self
-            .caller
-            .raw(|client, base| {
-                client
-                    .post(format!("{base}{path}"))
-                    .bearer_auth(token)
-                    .multipart(form)
-            })
-            .await?;
-        let status = resp.status();
-        let body = resp.text().await.unwrap_or_default();
-        let reply = Reply {
-            status,
-            www_authenticate: None,
-            body,
+        body: Body,
+    ) -> Result<Reply> {
+        let reply = match body {
+            Body::Empty => {
+                self.caller
+                    .call(method.clone(), path, Some(self.token), None)
+                    .await?
+            }
+            Body::Json(v) => {
+                self.caller
+                    .call(method.clone(), path, Some(self.token), Some(&v))
+                    .await?
+            }
+            Body::Raw(text) => {
+                let (m, token) = (method.clone(), self.token.to_owned());
+                let resp = self
+                    .caller
+                    .raw(|client, base| {
+                        client
+                            .request(m, format!("{base}{path}"))
+                            .bearer_auth(token)
+                            .header(reqwest::header::CONTENT_TYPE, "text/plain")
+                            .body(text)
+                    })
+                    .await?;
+                Reply::read(resp).await?
+            }
         };
-        self.record(RouteGroup::Storage, "POST", path, reply)
+        self.record(group, method.as_str(), path, reply)
     }
 
     fn record(
@@ -171,9 +279,6 @@ impl Tour<'_> {
     }
 }
 
-fn id_of(v: &serde_json::Value) -> Option<String> {
-    v["id"]
-        .as_str()
-        .or_else(|| v["data"]["id"].as_str())
-        .map(str::to_owned)
+fn str_field(v: &Value, key: &str) -> Option<String> {
+    v[key].as_str().map(str::to_owned)
 }
