@@ -203,28 +203,10 @@ mod tests {
 
     #[test]
     fn create_takes_every_documented_flag() {
-        let cli = parse(&[
-            "create",
-            "ci",
-            "--product",
-            "acme",
-            "--expires",
-            "30d",
-            "--scope",
-            "agents:read",
-            "--scope",
-            "storage:write",
-            "--description",
-            "CI",
-            "--rate-limit",
-            "5",
-            "--reveal-once",
-            "-n",
-            "team-a",
-            "--timeout",
-            "2m",
-        ])
-        .unwrap();
+        let line = "create ci --product acme --expires 30d --scope agents:read \
+                    --scope storage:write --description CI --rate-limit 5 --reveal-once \
+                    -n team-a --timeout 2m";
+        let cli = parse(&line.split_whitespace().collect::<Vec<_>>()).unwrap();
         assert_eq!(cli.global.namespace.as_deref(), Some("team-a"));
         assert_eq!(cli.global.timeout, Duration::from_secs(120));
         let Command::Create(c) = cli.command else {

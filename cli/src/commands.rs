@@ -242,53 +242,35 @@ impl Session {
 
     /// `deactivate`.
     pub async fn deactivate(&self, args: &NameArgs, term: &mut Terminal<'_>) -> Result<()> {
-        let token = self.get_token(&args.name).await?;
-        if is_revoked(&token) {
-            return Err(Error::Refused(format!(
-                "apitoken {:?} is revoked: it is already permanently inactive",
-                args.name
-            )));
-        }
-        if !token.spec.active {
-            writeln!(term.out, "apitoken {:?} is already inactive.", args.name)?;
-            return Ok(());
-        }
-        self.patch_spec(&args.name, json!({ "active": false }), None)
-            .await?;
-        writeln!(
-            term.out,
-            "apitoken {:?} deactivated: API calls with it are rejected until you activate it again.",
-            args.name
-        )?;
-        Ok(())
+        self.set_active(&args.name, false, term).await
     }
 
     /// `activate`: refuses revoked and expired tokens, which it cannot revive.
     pub async fn activate(&self, args: &NameArgs, term: &mut Terminal<'_>) -> Result<()> {
-        let token = self.get_token(&args.name).await?;
-        if is_revoked(&token) {
-            return Err(Error::Refused(format!(
-                "apitoken {:?} is revoked: revocation is permanent, so it cannot be activated again; create a new token",
-                args.name
-            )));
+        self.set_active(&args.name, true, term).await
+    }
+
+    async fn set_active(&self, name: &str, active: bool, term: &mut Terminal<'_>) -> Result<()> {
+        let token = self.get_token(name).await?;
+        if let Some(why) = toggle_refusal(&token, active, Utc::now()) {
+            return Err(Error::Refused(format!("apitoken {name:?} {why}")));
         }
-        if let Some(when) = expired(&token, Utc::now()) {
-            return Err(Error::Refused(format!(
-                "apitoken {:?} {when}: activating it would not make it usable; create a new token",
-                args.name
-            )));
-        }
-        if token.spec.active {
-            writeln!(term.out, "apitoken {:?} is already active.", args.name)?;
+        let (state, done) = if active {
+            ("active", "activated: API calls with it are accepted again.")
+        } else {
+            (
+                "inactive",
+                "deactivated: API calls with it are rejected until you activate it again.",
+            )
+        };
+        if token.spec.active == active {
+            writeln!(term.out, "apitoken {name:?} is already {state}.")?;
             return Ok(());
         }
-        self.patch_spec(&args.name, json!({ "active": true }), None)
+        // Setting a boolean is idempotent: no resourceVersion guard needed.
+        self.patch_spec(name, json!({ "active": active }), None)
             .await?;
-        writeln!(
-            term.out,
-            "apitoken {:?} activated: API calls with it are accepted again.",
-            args.name
-        )?;
+        writeln!(term.out, "apitoken {name:?} {done}")?;
         Ok(())
     }
 
@@ -616,6 +598,22 @@ fn delivery_mode(token: &ApiToken) -> Option<DeliveryMode> {
     token.spec.delivery.as_ref().and_then(|d| d.mode)
 }
 
+/// Why `activate` (`active`) or `deactivate` cannot help this token, if so.
+fn toggle_refusal(token: &ApiToken, active: bool, now: DateTime<Utc>) -> Option<String> {
+    if is_revoked(token) {
+        return Some(if active {
+            "is revoked: revocation is permanent, so it cannot be activated again; create a new token"
+                .into()
+        } else {
+            "is revoked: it is already permanently inactive".into()
+        });
+    }
+    let when = expired(token, now).filter(|_| active)?;
+    Some(format!(
+        "{when}: activating it would not make it usable; create a new token"
+    ))
+}
+
 fn is_revoked(token: &ApiToken) -> bool {
     token.spec.revoked || token.status.as_ref().and_then(|s| s.phase) == Some(Phase::Revoked)
 }
@@ -737,6 +735,31 @@ mod tests {
         );
         t.spec.expires_at = None;
         assert_eq!(expired(&t, now).as_deref(), Some("has expired"));
+    }
+
+    #[test]
+    fn toggles_refuse_what_they_cannot_change() {
+        let now = at("2026-06-01T00:00:00Z");
+        let spec: ApiTokenSpec = serde_json::from_str(r#"{"product":"acme"}"#).unwrap();
+        let mut t = ApiToken::new("ci", spec);
+        assert_eq!(toggle_refusal(&t, true, now), None);
+        assert_eq!(toggle_refusal(&t, false, now), None);
+        // Deactivating an expired token is harmless; activating it is futile.
+        t.spec.expires_at = Some(at("2026-05-01T00:00:00Z"));
+        assert_eq!(toggle_refusal(&t, false, now), None);
+        assert!(
+            toggle_refusal(&t, true, now)
+                .unwrap()
+                .starts_with("expired at 2026-05-01")
+        );
+        t.spec.revoked = true;
+        for active in [true, false] {
+            assert!(
+                toggle_refusal(&t, active, now)
+                    .unwrap()
+                    .starts_with("is revoked")
+            );
+        }
     }
 
     #[test]

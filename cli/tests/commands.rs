@@ -38,6 +38,23 @@ fn issued(prefix: &str) -> Value {
     })
 }
 
+/// An issued, active token in `default`: product acme, prefix prod_abc.
+async fn seed_active(client: &Client, name: &str) {
+    seed(
+        client,
+        "default",
+        name,
+        json!({"product": "acme"}),
+        Some(issued("prod_abc")),
+    )
+    .await;
+}
+
+/// Patches of ApiTokens the server has seen (spec and status).
+fn patches(server: &FakeApiServer) -> u64 {
+    server.request_count("patch", "apitokens.prodgy.io")
+}
+
 // ---------------------------------------------------------------- create
 
 #[tokio::test]
@@ -106,7 +123,7 @@ async fn create_applies_the_chosen_fields_and_shows_the_issued_token_once() {
     assert_eq!(stored.status.unwrap().phase, Some(Phase::Active));
     // The plugin wrote through the apply endpoint with its field manager
     // (the fake refuses an apply without one).
-    assert!(server.request_count("patch", "apitokens.prodgy.io") >= 1);
+    assert!(patches(&server) >= 1);
 }
 
 #[tokio::test]
@@ -138,24 +155,14 @@ async fn create_in_reveal_once_mode_says_the_secret_will_be_removed() {
 #[tokio::test]
 async fn create_refuses_a_taken_name_and_changes_nothing() {
     let (server, client) = cluster().await;
-    seed(
-        &client,
-        "default",
-        "ci",
-        json!({"product": "acme"}),
-        Some(issued("prod_abc")),
-    )
-    .await;
-    let patches = server.request_count("patch", "apitokens.prodgy.io");
+    seed_active(&client, "ci").await;
+    let before = patches(&server);
     let run = exec(&client, &["create", "ci", "--product", "other"], Tty::None).await;
     assert_eq!(
         run.error(),
         "apitoken \"ci\" already exists in namespace \"default\": use `kubectl apitoken regenerate ci` for a new token"
     );
-    assert_eq!(
-        server.request_count("patch", "apitokens.prodgy.io"),
-        patches
-    );
+    assert_eq!(patches(&server), before);
     assert_eq!(fetch(&client, "default", "ci").await.spec.product, "acme");
 }
 
@@ -180,7 +187,7 @@ async fn create_refuses_an_invalid_expiry_before_calling_the_api() {
         assert!(message.contains(why), "{message}");
     }
     assert_eq!(server.request_count("get", "apitokens.prodgy.io"), 0);
-    assert_eq!(server.request_count("patch", "apitokens.prodgy.io"), 0);
+    assert_eq!(patches(&server), 0);
 }
 
 #[tokio::test]
@@ -462,14 +469,7 @@ async fn get_of_a_missing_token_says_not_found() {
 #[tokio::test]
 async fn copy_sends_osc52_only_to_a_terminal_or_when_asked() {
     let (_server, client) = cluster().await;
-    seed(
-        &client,
-        "default",
-        "ci",
-        json!({"product": "acme"}),
-        Some(issued("prod_abc")),
-    )
-    .await;
+    seed_active(&client, "ci").await;
     let osc = "\x1b]52;c;cHJvZF9hYmM=\x07";
 
     let tty = exec(&client, &["copy", "ci"], Tty::Interactive(""))
@@ -561,7 +561,7 @@ async fn regenerate_refuses_revoked_and_expired_tokens() {
         Some(expired),
     )
     .await;
-    let patches = server.request_count("patch", "apitokens.prodgy.io");
+    let before = patches(&server);
 
     let r = exec(&client, &["regenerate", "dead"], Tty::None).await;
     assert!(
@@ -577,23 +577,13 @@ async fn regenerate_refuses_revoked_and_expired_tokens() {
         "{}",
         e.error()
     );
-    assert_eq!(
-        server.request_count("patch", "apitokens.prodgy.io"),
-        patches
-    );
+    assert_eq!(patches(&server), before);
 }
 
 #[tokio::test]
 async fn regenerate_times_out_when_the_operator_is_gone() {
     let (_server, client) = cluster().await;
-    seed(
-        &client,
-        "default",
-        "ci",
-        json!({"product": "acme"}),
-        Some(issued("prod_abc")),
-    )
-    .await;
+    seed_active(&client, "ci").await;
     let run = exec(&client, &["regenerate", "ci", "--timeout", "1s"], Tty::None).await;
     assert_eq!(
         run.error(),
@@ -606,14 +596,7 @@ async fn regenerate_times_out_when_the_operator_is_gone() {
 #[tokio::test]
 async fn deactivate_and_activate_toggle_the_token() {
     let (_server, client) = cluster().await;
-    seed(
-        &client,
-        "default",
-        "ci",
-        json!({"product": "acme"}),
-        Some(issued("prod_abc")),
-    )
-    .await;
+    seed_active(&client, "ci").await;
 
     let off = exec(&client, &["deactivate", "ci"], Tty::None).await.ok();
     assert!(
@@ -677,7 +660,7 @@ async fn activate_refuses_revoked_and_expired_tokens_with_an_explanation() {
         d.error(),
         "apitoken \"dead\" is revoked: it is already permanently inactive"
     );
-    assert_eq!(server.request_count("patch", "apitokens.prodgy.io"), 0);
+    assert_eq!(patches(&server), 0);
 }
 
 // ---------------------------------------------------------------- revoke
@@ -685,14 +668,7 @@ async fn activate_refuses_revoked_and_expired_tokens_with_an_explanation() {
 #[tokio::test]
 async fn revoke_with_yes_is_permanent_and_a_second_revoke_is_refused() {
     let (_server, client) = cluster().await;
-    seed(
-        &client,
-        "default",
-        "ci",
-        json!({"product": "acme"}),
-        Some(issued("prod_abc")),
-    )
-    .await;
+    seed_active(&client, "ci").await;
     let run1 = exec(&client, &["revoke", "ci", "--yes"], Tty::None)
         .await
         .ok();
@@ -713,38 +689,21 @@ async fn revoke_with_yes_is_permanent_and_a_second_revoke_is_refused() {
 #[tokio::test]
 async fn revoke_without_a_terminal_needs_yes() {
     let (server, client) = cluster().await;
-    seed(
-        &client,
-        "default",
-        "ci",
-        json!({"product": "acme"}),
-        Some(issued("prod_abc")),
-    )
-    .await;
-    let patches = server.request_count("patch", "apitokens.prodgy.io");
+    seed_active(&client, "ci").await;
+    let before = patches(&server);
     let run = exec(&client, &["revoke", "ci"], Tty::None).await;
     assert_eq!(
         run.error(),
         "refusing to revoke apitoken \"ci\" without confirmation: stdin is not a terminal; pass --yes"
     );
     assert!(!fetch(&client, "default", "ci").await.spec.revoked);
-    assert_eq!(
-        server.request_count("patch", "apitokens.prodgy.io"),
-        patches
-    );
+    assert_eq!(patches(&server), before);
 }
 
 #[tokio::test]
 async fn revoke_on_a_terminal_asks_and_honours_the_answer() {
     let (_server, client) = cluster().await;
-    seed(
-        &client,
-        "default",
-        "ci",
-        json!({"product": "acme"}),
-        Some(issued("prod_abc")),
-    )
-    .await;
+    seed_active(&client, "ci").await;
 
     let no = exec(&client, &["revoke", "ci"], Tty::Interactive("n\n")).await;
     assert_eq!(no.error(), "aborted: nothing was changed");
@@ -815,14 +774,7 @@ async fn every_command_says_when_the_crd_is_not_installed() {
 #[tokio::test]
 async fn rbac_refusals_name_the_verb_and_resource() {
     let (server, client) = cluster().await;
-    seed(
-        &client,
-        "default",
-        "ci",
-        json!({"product": "acme"}),
-        Some(issued("prod_abc")),
-    )
-    .await;
+    seed_active(&client, "ci").await;
 
     server.deny("get", "apitokens");
     let get = exec(&client, &["get", "ci"], Tty::None).await;
