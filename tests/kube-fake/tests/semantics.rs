@@ -1,0 +1,704 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Patches, selectors, pagination, garbage collection, RBAC denial, CEL
+//! rules, namespaces, leases, discovery and kubeconfig, through a real
+//! `kube::Client`.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::core::Status;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Resource, ResourceExt};
+use prodgy_crds::{ApiToken, ApiTokenSpec, UsageReport};
+use prodgy_kube_fake::FakeApiServer;
+use serde_json::json;
+
+fn api_err(e: kube::Error) -> Status {
+    match e {
+        kube::Error::Api(s) => *s,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+fn token(name: &str) -> ApiToken {
+    ApiToken::new(
+        name,
+        serde_json::from_value::<ApiTokenSpec>(json!({"product": "acme"})).unwrap(),
+    )
+}
+
+fn cm(name: &str, labels: &[(&str, &str)]) -> ConfigMap {
+    let mut c = ConfigMap::default();
+    c.metadata.name = Some(name.into());
+    c.metadata.labels = Some(
+        labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    c
+}
+
+async fn server_with_crds() -> FakeApiServer {
+    let server = FakeApiServer::start().await;
+    server.register_prodgy_crds().unwrap();
+    server
+}
+
+#[tokio::test]
+async fn json_patch_and_server_side_apply() {
+    let server = server_with_crds().await;
+    let tokens: Api<ApiToken> = Api::namespaced(server.client(), "default");
+
+    // Apply creates when missing, then merges the given fields.
+    let pp = PatchParams::apply("prodgy-cli").force();
+    let manifest = json!({
+        "apiVersion": "prodgy.io/v1", "kind": "ApiToken",
+        "metadata": {"name": "ssa"}, "spec": {"product": "acme", "displayName": "CI"}
+    });
+    let t = tokens
+        .patch("ssa", &pp, &Patch::Apply(&manifest))
+        .await
+        .unwrap();
+    assert_eq!(t.spec.display_name.as_deref(), Some("CI"));
+    assert!(t.spec.active, "schema default applied on apply-create");
+    let again = json!({
+        "apiVersion": "prodgy.io/v1", "kind": "ApiToken",
+        "metadata": {"name": "ssa", "labels": {"a": "b"}}, "spec": {"product": "acme", "active": false}
+    });
+    let t = tokens
+        .patch("ssa", &pp, &Patch::Apply(&again))
+        .await
+        .unwrap();
+    assert!(!t.spec.active);
+    assert_eq!(t.labels()["a"], "b");
+    assert_eq!(t.metadata.generation, Some(2));
+
+    // Apply without a field manager is refused, as on a real server.
+    let err = server
+        .client()
+        .request::<serde_json::Value>(
+            http::Request::patch("/apis/prodgy.io/v1/namespaces/default/apitokens/ssa")
+                .header("content-type", "application/apply-patch+yaml")
+                .body(serde_json::to_vec(&again).unwrap())
+                .unwrap(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(api_err(err).code, 400);
+
+    let jp = serde_json::from_value(json!([
+        {"op": "replace", "path": "/spec/displayName", "value": "renamed"},
+        {"op": "add", "path": "/metadata/annotations", "value": {"x": "y"}}
+    ]))
+    .unwrap();
+    let t = tokens
+        .patch("ssa", &PatchParams::default(), &Patch::Json::<()>(jp))
+        .await
+        .unwrap();
+    assert_eq!(t.spec.display_name.as_deref(), Some("renamed"));
+    assert_eq!(t.annotations()["x"], "y");
+
+    // A failing `test` op is rejected and changes nothing.
+    let jp = serde_json::from_value(json!([
+        {"op": "test", "path": "/spec/displayName", "value": "other"},
+        {"op": "replace", "path": "/spec/displayName", "value": "never"}
+    ]))
+    .unwrap();
+    let err = tokens
+        .patch("ssa", &PatchParams::default(), &Patch::Json::<()>(jp))
+        .await
+        .unwrap_err();
+    assert_eq!(api_err(err).code, 422);
+
+    // A merge patch naming a stale resourceVersion is a conflict.
+    let p = json!({"metadata": {"resourceVersion": "1"}, "spec": {"displayName": "x"}});
+    let err = tokens
+        .patch("ssa", &PatchParams::default(), &Patch::Merge(&p))
+        .await
+        .unwrap_err();
+    assert_eq!(api_err(err).code, 409);
+
+    // Strategic merge is for built-in types only.
+    let p = json!({"spec": {"displayName": "x"}});
+    let err = tokens
+        .patch("ssa", &PatchParams::default(), &Patch::Strategic(&p))
+        .await
+        .unwrap_err();
+    assert_eq!(api_err(err).code, 415);
+    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    cms.create(&PostParams::default(), &cm("c", &[]))
+        .await
+        .unwrap();
+    let p = json!({"data": {"k": "v"}});
+    let c = cms
+        .patch("c", &PatchParams::default(), &Patch::Strategic(&p))
+        .await
+        .unwrap();
+    assert_eq!(c.data.unwrap()["k"], "v");
+}
+
+#[tokio::test]
+async fn no_op_writes_create_no_event() {
+    let server = FakeApiServer::start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    let c = cms
+        .create(&PostParams::default(), &cm("same", &[("a", "b")]))
+        .await
+        .unwrap();
+    let before = server.event_count("configmaps");
+    let p = json!({"metadata": {"labels": {"a": "b"}}});
+    let after = cms
+        .patch("same", &PatchParams::default(), &Patch::Merge(&p))
+        .await
+        .unwrap();
+    assert_eq!(after.resource_version(), c.resource_version());
+    assert_eq!(server.event_count("configmaps"), before);
+}
+
+#[tokio::test]
+async fn owner_deletion_collects_dependents() {
+    let server = server_with_crds().await;
+    let tokens: Api<ApiToken> = Api::namespaced(server.client(), "team");
+    let secrets: Api<Secret> = Api::namespaced(server.client(), "team");
+    let owner = tokens
+        .create(&PostParams::default(), &token("owner"))
+        .await
+        .unwrap();
+    let oref: OwnerReference = owner.controller_owner_ref(&()).unwrap();
+
+    let mut dep = Secret::default();
+    dep.metadata.name = Some("owner-token".into());
+    dep.metadata.owner_references = Some(vec![oref.clone()]);
+    secrets.create(&PostParams::default(), &dep).await.unwrap();
+    let mut orphan = dep.clone();
+    orphan.metadata.name = Some("kept".into());
+    orphan.metadata.owner_references = None;
+    secrets
+        .create(&PostParams::default(), &orphan)
+        .await
+        .unwrap();
+    // A dependent in another namespace is not collected (owners are namespaced).
+    let other: Api<Secret> = Api::namespaced(server.client(), "elsewhere");
+    other.create(&PostParams::default(), &dep).await.unwrap();
+
+    tokens
+        .delete("owner", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        api_err(secrets.get("owner-token").await.unwrap_err()).code,
+        404
+    );
+    secrets.get("kept").await.unwrap();
+    other.get("owner-token").await.unwrap();
+
+    // Orphan propagation keeps dependents and strips the reference.
+    let owner = tokens
+        .create(&PostParams::default(), &token("owner2"))
+        .await
+        .unwrap();
+    let mut dep = Secret::default();
+    dep.metadata.name = Some("orphaned".into());
+    dep.metadata.owner_references = Some(vec![owner.controller_owner_ref(&()).unwrap()]);
+    secrets.create(&PostParams::default(), &dep).await.unwrap();
+    tokens
+        .delete("owner2", &DeleteParams::orphan())
+        .await
+        .unwrap();
+    let kept = secrets.get("orphaned").await.unwrap();
+    assert!(kept.metadata.owner_references.is_none());
+}
+
+#[tokio::test]
+async fn delete_preconditions_are_honoured() {
+    let server = FakeApiServer::start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    let c = cms
+        .create(&PostParams::default(), &cm("p", &[]))
+        .await
+        .unwrap();
+    let stale = DeleteParams {
+        preconditions: Some(Preconditions {
+            resource_version: Some("1".into()),
+            uid: None,
+        }),
+        ..Default::default()
+    };
+    assert_eq!(
+        api_err(cms.delete("p", &stale).await.unwrap_err()).code,
+        409
+    );
+    let wrong_uid = DeleteParams {
+        preconditions: Some(Preconditions {
+            resource_version: None,
+            uid: Some("nope".into()),
+        }),
+        ..Default::default()
+    };
+    assert_eq!(
+        api_err(cms.delete("p", &wrong_uid).await.unwrap_err()).code,
+        409
+    );
+    let right = DeleteParams {
+        preconditions: Some(Preconditions {
+            resource_version: c.metadata.resource_version.clone(),
+            uid: c.metadata.uid.clone(),
+        }),
+        ..Default::default()
+    };
+    cms.delete("p", &right).await.unwrap();
+}
+
+#[tokio::test]
+async fn label_and_field_selectors_and_pagination() {
+    let server = FakeApiServer::start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "sel");
+    for (name, app, tier) in [
+        ("a", "web", "front"),
+        ("b", "web", "back"),
+        ("c", "db", "back"),
+        ("d", "", ""),
+    ] {
+        let labels: Vec<(&str, &str)> = if app.is_empty() {
+            vec![]
+        } else {
+            vec![("app", app), ("tier", tier)]
+        };
+        cms.create(&PostParams::default(), &cm(name, &labels))
+            .await
+            .unwrap();
+    }
+    let names = |lp: ListParams| {
+        let cms = cms.clone();
+        async move {
+            cms.list(&lp)
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .map(|c| c.name_any())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        names(ListParams::default().labels("app=web")).await,
+        ["a", "b"]
+    );
+    assert_eq!(
+        names(ListParams::default().labels("app!=web")).await,
+        ["c", "d"]
+    );
+    assert_eq!(
+        names(ListParams::default().labels("app in (db,cache)")).await,
+        ["c"]
+    );
+    assert_eq!(
+        names(ListParams::default().labels("tier notin (front)")).await,
+        ["b", "c", "d"]
+    );
+    assert_eq!(
+        names(ListParams::default().labels("app")).await,
+        ["a", "b", "c"]
+    );
+    assert_eq!(names(ListParams::default().labels("!app")).await, ["d"]);
+    assert_eq!(
+        names(ListParams::default().labels("app=web,tier=back")).await,
+        ["b"]
+    );
+    assert_eq!(
+        names(ListParams::default().fields("metadata.name=c")).await,
+        ["c"]
+    );
+    assert_eq!(
+        names(ListParams::default().fields("metadata.name!=c")).await,
+        ["a", "b", "d"]
+    );
+    let err = cms
+        .list(&ListParams::default().fields("data.x=1"))
+        .await
+        .unwrap_err();
+    assert_eq!(api_err(err).code, 400);
+
+    // Pages of 3 then 1, with a stable list resourceVersion.
+    let first = cms.list(&ListParams::default().limit(3)).await.unwrap();
+    assert_eq!(first.items.len(), 3);
+    assert_eq!(first.metadata.remaining_item_count, Some(1));
+    let token = first.metadata.continue_.clone().unwrap();
+    let second = cms
+        .list(&ListParams::default().limit(3).continue_token(&token))
+        .await
+        .unwrap();
+    assert_eq!(
+        second
+            .items
+            .iter()
+            .map(|c| c.name_any())
+            .collect::<Vec<_>>(),
+        ["d"]
+    );
+    assert!(
+        second
+            .metadata
+            .continue_
+            .as_deref()
+            .unwrap_or_default()
+            .is_empty()
+    );
+    assert_eq!(
+        second.metadata.resource_version,
+        first.metadata.resource_version
+    );
+
+    // Cluster-wide list spans namespaces.
+    let other: Api<ConfigMap> = Api::namespaced(server.client(), "zzz");
+    other
+        .create(&PostParams::default(), &cm("e", &[]))
+        .await
+        .unwrap();
+    let all: Api<ConfigMap> = Api::all(server.client());
+    assert_eq!(
+        all.list(&ListParams::default()).await.unwrap().items.len(),
+        5
+    );
+}
+
+#[tokio::test]
+async fn denied_verbs_answer_forbidden() {
+    let server = server_with_crds().await;
+    let secrets: Api<Secret> = Api::namespaced(server.client(), "default");
+    server.deny("list", "secrets");
+    let err = api_err(secrets.list(&ListParams::default()).await.unwrap_err());
+    assert_eq!((err.code, err.reason.as_str()), (403, "Forbidden"));
+    assert!(
+        err.message.contains("cannot list resource \"secrets\""),
+        "{}",
+        err.message
+    );
+    server.allow("list", "secrets");
+    secrets.list(&ListParams::default()).await.unwrap();
+
+    // Denying the status subresource leaves the main resource writable.
+    let tokens: Api<ApiToken> = Api::namespaced(server.client(), "default");
+    tokens
+        .create(&PostParams::default(), &token("t"))
+        .await
+        .unwrap();
+    server.deny("patch", "apitokens/status");
+    let p = json!({"status": {"usage": 1}});
+    let err = tokens
+        .patch_status("t", &PatchParams::default(), &Patch::Merge(&p))
+        .await
+        .unwrap_err();
+    assert_eq!(api_err(err).code, 403);
+    let p = json!({"metadata": {"labels": {"x": "y"}}});
+    tokens
+        .patch("t", &PatchParams::default(), &Patch::Merge(&p))
+        .await
+        .unwrap();
+    assert_eq!(server.request_count("patch", "apitokens.prodgy.io"), 2);
+}
+
+#[tokio::test]
+async fn cel_rules_of_the_crd_are_enforced() {
+    let server = server_with_crds().await;
+    let tokens: Api<ApiToken> = Api::namespaced(server.client(), "default");
+    tokens
+        .create(&PostParams::default(), &token("cel"))
+        .await
+        .unwrap();
+    let patch = |spec: serde_json::Value| Patch::Merge(json!({"spec": spec}));
+    let pp = PatchParams::default();
+
+    tokens
+        .patch("cel", &pp, &patch(json!({"regeneration": 2})))
+        .await
+        .unwrap();
+    let err = api_err(
+        tokens
+            .patch("cel", &pp, &patch(json!({"regeneration": 1})))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((err.code, err.reason.as_str()), (422, "Invalid"));
+    assert!(
+        err.message.contains("regeneration can only increase"),
+        "{}",
+        err.message
+    );
+
+    tokens
+        .patch("cel", &pp, &patch(json!({"revoked": true})))
+        .await
+        .unwrap();
+    let err = api_err(
+        tokens
+            .patch("cel", &pp, &patch(json!({"revoked": false})))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 422);
+    assert!(
+        err.message.contains("revoked is permanent"),
+        "{}",
+        err.message
+    );
+
+    // Transition rules do not apply on create; schema validation does.
+    let mut revoked = token("born-revoked");
+    revoked.spec.revoked = true;
+    tokens
+        .create(&PostParams::default(), &revoked)
+        .await
+        .unwrap();
+    let mut bad = token("bad");
+    bad.spec.product = "Not A Product".into();
+    let err = api_err(
+        tokens
+            .create(&PostParams::default(), &bad)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 422);
+    assert!(err.message.contains("spec.product"), "{}", err.message);
+}
+
+#[tokio::test]
+async fn generate_name_and_name_validation() {
+    let server = FakeApiServer::start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    let mut c = ConfigMap::default();
+    c.metadata.generate_name = Some("report-".into());
+    let a = cms.create(&PostParams::default(), &c).await.unwrap();
+    let b = cms.create(&PostParams::default(), &c).await.unwrap();
+    assert!(a.name_any().starts_with("report-") && a.name_any().len() == 12);
+    assert_ne!(a.name_any(), b.name_any());
+    let err = api_err(
+        cms.create(&PostParams::default(), &cm("Upper_Case", &[]))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 422);
+}
+
+#[tokio::test]
+async fn deleting_a_namespace_empties_it() {
+    let server = FakeApiServer::start().await;
+    let nss: Api<Namespace> = Api::all(server.client());
+    let mut ns = Namespace::default();
+    ns.metadata.name = Some("doomed".into());
+    let created = nss.create(&PostParams::default(), &ns).await.unwrap();
+    assert_eq!(created.status.unwrap().phase.as_deref(), Some("Active"));
+    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "doomed");
+    let mut held = cm("held", &[]);
+    held.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+    cms.create(&PostParams::default(), &held).await.unwrap();
+    cms.create(&PostParams::default(), &cm("free", &[]))
+        .await
+        .unwrap();
+
+    nss.delete("doomed", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        nss.get("doomed")
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .phase
+            .as_deref(),
+        Some("Terminating")
+    );
+    assert_eq!(api_err(cms.get("free").await.unwrap_err()).code, 404);
+    let err = api_err(
+        cms.create(&PostParams::default(), &cm("new", &[]))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 403);
+
+    let p = json!({"metadata": {"finalizers": null}});
+    cms.patch("held", &PatchParams::default(), &Patch::Merge(&p))
+        .await
+        .unwrap();
+    assert_eq!(api_err(nss.get("doomed").await.unwrap_err()).code, 404);
+}
+
+#[tokio::test]
+async fn lease_leader_election_is_exclusive() {
+    let server = FakeApiServer::start().await;
+    let leases: Api<Lease> = Api::namespaced(server.client(), "prodgy-system");
+    let lease: Lease = serde_json::from_value(json!({
+        "metadata": {"name": "prodgy-operator"},
+        "spec": {"holderIdentity": "a", "leaseDurationSeconds": 15,
+                 "acquireTime": "2025-01-01T00:00:00.000000Z", "renewTime": "2025-01-01T00:00:00.000000Z"}
+    }))
+    .unwrap();
+    let held = leases.create(&PostParams::default(), &lease).await.unwrap();
+    assert_eq!(
+        api_err(
+            leases
+                .create(&PostParams::default(), &lease)
+                .await
+                .unwrap_err()
+        )
+        .code,
+        409
+    );
+
+    // Two contenders read the same version; only the first replace wins.
+    let mut by_b = held.clone();
+    by_b.spec.as_mut().unwrap().holder_identity = Some("b".into());
+    let mut by_c = held.clone();
+    by_c.spec.as_mut().unwrap().holder_identity = Some("c".into());
+    leases
+        .replace("prodgy-operator", &PostParams::default(), &by_b)
+        .await
+        .unwrap();
+    let err = api_err(
+        leases
+            .replace("prodgy-operator", &PostParams::default(), &by_c)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 409);
+    let now = leases.get("prodgy-operator").await.unwrap();
+    assert_eq!(now.spec.unwrap().holder_identity.as_deref(), Some("b"));
+    assert_eq!(
+        server
+            .get_object(
+                "leases.coordination.k8s.io",
+                Some("prodgy-system"),
+                "prodgy-operator"
+            )
+            .unwrap()["spec"]["renewTime"],
+        "2025-01-01T00:00:00.000000Z"
+    );
+}
+
+#[tokio::test]
+async fn discovery_kubeconfig_and_dry_run() {
+    let server = server_with_crds().await;
+    let client = server.client();
+    let version = client.apiserver_version().await.unwrap();
+    assert_eq!(version.major, "1");
+    let discovery = kube::Discovery::new(client.clone()).run().await.unwrap();
+    let (ar, caps) = discovery
+        .resolve_gvk(&kube::api::GroupVersionKind::gvk(
+            "prodgy.io",
+            "v1",
+            "ApiToken",
+        ))
+        .unwrap();
+    assert_eq!(ar.plural, "apitokens");
+    assert!(caps.supports_operation(kube::discovery::verbs::WATCH));
+    assert!(discovery.has_group("coordination.k8s.io"));
+
+    // A client built from the written kubeconfig works.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&path).unwrap();
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let via_file = kube::Client::try_from(config).unwrap();
+    let reports: Api<UsageReport> = Api::default_namespaced(via_file);
+    assert!(
+        reports
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+
+    // Server-side dry run validates but stores nothing.
+    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    let created = cms
+        .create(
+            &PostParams {
+                dry_run: true,
+                ..Default::default()
+            },
+            &cm("dry", &[]),
+        )
+        .await
+        .unwrap();
+    assert!(created.metadata.uid.is_some());
+    assert!(
+        server
+            .get_object("configmaps", Some("default"), "dry")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn controller_reconciles_and_records_events() {
+    let server = server_with_crds().await;
+    let client = server.client();
+    let tokens: Api<ApiToken> = Api::all(client.clone());
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "test".into(),
+            instance: None,
+        },
+    );
+
+    let ctx = std::sync::Arc::new((client.clone(), recorder));
+    let controller = Controller::new(tokens, Default::default())
+        .run(
+            |t: std::sync::Arc<ApiToken>, ctx: std::sync::Arc<(kube::Client, Recorder)>| async move {
+                let api: Api<ApiToken> = Api::namespaced(ctx.0.clone(), &t.namespace().unwrap());
+                let status = json!({"status": {"phase": "Active", "observedGeneration": t.metadata.generation}});
+                api.patch_status(&t.name_any(), &PatchParams::default(), &Patch::Merge(&status)).await?;
+                ctx.1
+                    .publish(
+                        &Event {
+                            type_: EventType::Normal,
+                            reason: "Issued".into(),
+                            note: Some("token issued".into()),
+                            action: "Reconcile".into(),
+                            secondary: None,
+                        },
+                        &t.object_ref(&()),
+                    )
+                    .await?;
+                Ok::<_, kube::Error>(Action::await_change())
+            },
+            |_, _, _| Action::requeue(Duration::from_secs(1)),
+            ctx,
+        )
+        .for_each(|_| async {});
+    let task = tokio::spawn(controller);
+
+    let api: Api<ApiToken> = Api::namespaced(client.clone(), "ctl");
+    api.create(&PostParams::default(), &token("c1"))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let t = api.get("c1").await.unwrap();
+        if t.status.as_ref().and_then(|s| s.observed_generation) == Some(1) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never reconciled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server
+        .list_objects("events.events.k8s.io", Some("ctl"))
+        .is_empty()
+    {
+        assert!(std::time::Instant::now() < deadline, "no event recorded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    task.abort();
+}
