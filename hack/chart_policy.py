@@ -65,6 +65,15 @@ def flag(args, flag_name):
     return None
 
 
+def report(errors, ok):
+    """Prints each error (or the ok line); the exit status for them."""
+    for e in errors:
+        print(f"FAIL {e}")
+    if not errors:
+        print(f"  ok: {ok}")
+    return 1 if errors else 0
+
+
 # --- split -------------------------------------------------------------------
 
 
@@ -493,11 +502,7 @@ def values_doc(values_path, schema_path):
                 walk(v[k], sub, f"{path}{k}.")
 
     walk(values, schema, "")
-    for e in errors:
-        print(f"FAIL {e}")
-    if not errors:
-        print(f"  ok: every value in {values_path} is documented and typed")
-    return 1 if errors else 0
+    return report(errors, f"every value in {values_path} is documented and typed")
 
 
 # --- crds --------------------------------------------------------------------
@@ -520,11 +525,7 @@ def crds(rendered_path, crds_path):
         stripped["metadata"].pop("annotations", None)
         if stripped != want[n]:
             errors.append(f"CRD {n} in the chart differs from {crds_path}")
-    for e in errors:
-        print(f"FAIL {e}")
-    if not errors:
-        print(f"  ok: chart CRDs equal {crds_path}")
-    return 1 if errors else 0
+    return report(errors, f"chart CRDs equal {crds_path}")
 
 
 # --- examples ----------------------------------------------------------------
@@ -552,11 +553,7 @@ def examples(crds_path, paths):
                 count += 1
             except jsonschema.ValidationError as e:
                 errors.append(f"{p}: {name(o)}: {e.message} at {'/'.join(map(str, e.path))}")
-    for e in errors:
-        print(f"FAIL {e}")
-    if not errors:
-        print(f"  ok: {count} example ApiTokens match the CRD schema")
-    return 1 if errors else 0
+    return report(errors, f"{count} example ApiTokens match the CRD schema")
 
 
 def main(argv):
