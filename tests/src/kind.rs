@@ -187,12 +187,20 @@ impl Scenario {
     }
 
     /// Scrapes `/metrics` of every proxy replica (through the API server's
-    /// pod proxy) and merges the samples.
+    /// pod proxy, which wants the port number) and merges the samples.
     pub async fn proxy_metrics(&self) -> Result<Scrape> {
         let mut all = Scrape::default();
         for pod in self.api_pods().await? {
+            let port = pod
+                .spec
+                .iter()
+                .flat_map(|s| s.containers.iter())
+                .flat_map(|c| c.ports.iter().flatten())
+                .find(|p| p.name.as_deref() == Some("proxy-metrics"))
+                .map(|p| p.container_port)
+                .ok_or_else(|| anyhow!("pod {} has no proxy-metrics port", pod.name_any()))?;
             let path = format!(
-                "/api/v1/namespaces/{}/pods/{}:proxy-metrics/proxy/metrics",
+                "/api/v1/namespaces/{}/pods/{}:{port}/proxy/metrics",
                 self.cluster.release_namespace,
                 pod.name_any()
             );
