@@ -83,12 +83,12 @@ impl Db {
             Dialect::Sqlite => {
                 sqlx::migrate!("./migrations/sqlite")
                     .run(&self.pool)
-                    .await?
+                    .await?;
             }
             Dialect::Postgres => {
                 sqlx::migrate!("./migrations/postgres")
                     .run(&self.pool)
-                    .await?
+                    .await?;
             }
         }
         Ok(())

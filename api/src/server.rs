@@ -42,7 +42,7 @@ pub async fn build_state(config: Config) -> Result<AppState> {
             "generated a new encryption key for integration credentials; back this file up"
         ),
         other => {
-            tracing::info!(source = ?other, key_ids = ?keyring.key_ids(), "encryption keys loaded")
+            tracing::info!(source = ?other, key_ids = ?keyring.key_ids(), "encryption keys loaded");
         }
     }
     let blobs = Blobs::open(&config.store)?;
