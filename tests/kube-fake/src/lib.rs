@@ -38,14 +38,16 @@
 //!   evaluated by `kube-cel` — failures are `422 Invalid` naming the message.
 //!   Established/NamesAccepted conditions are set on CRDs.
 //! - Discovery: `/version`, `/api`, `/api/v1`, `/apis`, `/apis/{g}`,
-//!   `/apis/{g}/{v}`; unknown paths and types answer `404` with a `Status`
-//!   (`reason: NotFound`).
+//!   `/apis/{g}/{v}`, and aggregated discovery (v2) when `Accept` asks for
+//!   it; unknown paths and types answer `404` with a `Status`
+//!   (`reason: NotFound`). `PartialObjectMetadata` responses (get, list,
+//!   watch) when `Accept` asks for them.
 //! - Verbs: get, list (label selectors with `=`, `==`, `!=`, `in`, `notin`,
 //!   existence, `!key`, `>`/`<`; field selectors on `metadata.name`,
 //!   `metadata.namespace`, Secret `type`, Event fields; `limit`/`continue`
 //!   with `remainingItemCount`), create (`generateName`, name validation,
 //!   409 AlreadyExists), update (409 Conflict on a stale
-//!   `metadata.resourceVersion`), patch (merge, JSON patch, strategic merge
+//!   `metadata.resourceVersion`; custom resources require one, 422), patch (merge, JSON patch, strategic merge
 //!   approximated as merge for built-in types, server-side apply approximated
 //!   as a merge that creates when missing and requires `fieldManager`),
 //!   delete (preconditions, finalizers → `deletionTimestamp` then removal
@@ -68,7 +70,7 @@
 //! detection, strategic-merge list semantics, strategic merge on custom
 //! resources (rejected with 415, as the real server does), version
 //! conversion webhooks (served versions share one stored form), admission
-//! webhooks, protobuf, aggregated discovery, and namespaces that must exist
+//! webhooks, protobuf, `Table` output, and namespaces that must exist
 //! before objects are created in them (only deletion of a namespace is
 //! modelled).
 

@@ -129,6 +129,8 @@ struct Target {
     namespace: Option<String>,
     name: Option<String>,
     status: bool,
+    /// The client asked for `PartialObjectMetadata` (metadata-only watches).
+    metadata_only: bool,
 }
 
 fn unknown_path() -> ApiError {
@@ -189,6 +191,7 @@ fn route(path: &str, shared: &Shared) -> Result<Route, ApiError> {
         namespace,
         name: name.map(str::to_string),
         status,
+        metadata_only: false,
     }))
 }
 
@@ -215,10 +218,17 @@ async fn handle_inner(shared: &Arc<Shared>, req: Request) -> Result<Response, Ap
     let query: HashMap<String, String> = Query::try_from_uri(req.uri())
         .map(|Query(q)| q)
         .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
-    let target = match route(req.uri().path(), shared)? {
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let mut target = match route(req.uri().path(), shared)? {
         Route::Object(t) => t,
-        other => return discovery(shared, other, req.method()),
+        other => return discovery(shared, other, req.method(), &accept),
     };
+    target.metadata_only = accept.contains("as=PartialObjectMetadata");
     let method = req.method().clone();
     let verb = match (&method, target.name.is_some()) {
         (&Method::GET, true) => "get",
@@ -440,8 +450,16 @@ fn selectors(ty: &ResourceType, query: &HashMap<String, String>) -> Result<Selec
     })
 }
 
-/// Sets `apiVersion` to the version the client asked for.
+/// Sets `apiVersion` to the version the client asked for, or cuts the
+/// object down to `PartialObjectMetadata` when that was asked for.
 fn render(target: &Target, mut obj: Value) -> Value {
+    if target.metadata_only {
+        return json!({
+            "kind": "PartialObjectMetadata",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": obj["metadata"].take(),
+        });
+    }
     obj["apiVersion"] = json!(target.ty.api_version(&target.version));
     obj
 }
@@ -465,9 +483,20 @@ fn list_response(
     if let Some(r) = remaining {
         meta["remainingItemCount"] = json!(r);
     }
+    let (kind, api_version) = if target.metadata_only {
+        (
+            "PartialObjectMetadataList".to_string(),
+            "meta.k8s.io/v1".to_string(),
+        )
+    } else {
+        (
+            target.ty.list_kind.clone(),
+            target.ty.api_version(&target.version),
+        )
+    };
     let list = json!({
-        "kind": target.ty.list_kind,
-        "apiVersion": target.ty.api_version(&target.version),
+        "kind": kind,
+        "apiVersion": api_version,
         "metadata": meta,
         "items": items,
     });
@@ -576,6 +605,7 @@ fn watch_response(
         namespace: ns,
         name: None,
         status: false,
+        metadata_only: target.metadata_only,
     };
     let shared = Arc::clone(shared);
     tokio::spawn(async move {
@@ -683,7 +713,12 @@ fn obj_rv(obj: &Value) -> u64 {
         .unwrap_or(0)
 }
 
-fn discovery(shared: &Shared, route: Route, method: &Method) -> Result<Response, ApiError> {
+fn discovery(
+    shared: &Shared,
+    route: Route,
+    method: &Method,
+    accept: &str,
+) -> Result<Response, ApiError> {
     if method != Method::GET {
         return Err(ApiError::new(
             405,
@@ -692,6 +727,20 @@ fn discovery(shared: &Shared, route: Route, method: &Method) -> Result<Response,
         ));
     }
     let store = shared.store();
+    let aggregated = accept.contains("as=APIGroupDiscoveryList");
+    if aggregated && matches!(route, Route::Api | Route::Apis) {
+        let doc = store.registry.aggregated(matches!(route, Route::Api));
+        let body = serde_json::to_vec(&doc).unwrap_or_default();
+        return Ok((
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList",
+            )],
+            body,
+        )
+            .into_response());
+    }
     let doc = match route {
         Route::Health => {
             return Ok((StatusCode::OK, "ok").into_response());

@@ -668,6 +668,14 @@ impl Store {
             ));
         }
         let old = self.get(ty, ns, name)?;
+        // Custom resources allow no unconditional update (unlike Secrets,
+        // ConfigMaps and Leases): a PUT must say which version it replaces.
+        if ty.custom && meta_str(&new, "resourceVersion").is_none() {
+            return Err(ApiError::invalid(format!(
+                "{} is invalid: metadata.resourceVersion: Invalid value: 0x0: must be specified for an update",
+                Self::what(ty, name)
+            )));
+        }
         self.update_existing(ty, ns, name, &old, new, status_only)
     }
 

@@ -307,6 +307,57 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// `/api` or `/apis` as an aggregated `APIGroupDiscoveryList` (v2),
+    /// for clients that ask for it in `Accept`.
+    pub fn aggregated(&self, core: bool) -> Value {
+        let mut groups: BTreeMap<&str, BTreeMap<&str, Vec<Value>>> = BTreeMap::new();
+        for t in self.types.values().filter(|t| t.group.is_empty() == core) {
+            for v in &t.versions {
+                let kind = json!({"group": t.group, "version": v.name, "kind": t.kind});
+                let mut subresources = Vec::new();
+                if v.status {
+                    subresources.push(json!({
+                        "subresource": "status",
+                        "responseKind": kind,
+                        "verbs": ["get", "patch", "update"],
+                    }));
+                }
+                groups
+                    .entry(t.group.as_str())
+                    .or_default()
+                    .entry(v.name.as_str())
+                    .or_default()
+                    .push(json!({
+                        "resource": t.plural,
+                        "responseKind": kind,
+                        "scope": if t.namespaced { "Namespaced" } else { "Cluster" },
+                        "singularResource": t.singular,
+                        "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+                        "shortNames": t.short_names,
+                        "subresources": subresources,
+                    }));
+            }
+        }
+        let items: Vec<Value> = groups
+            .into_iter()
+            .map(|(g, versions)| {
+                let versions: Vec<Value> = versions
+                    .into_iter()
+                    .map(|(v, resources)| json!({"version": v, "resources": resources, "freshness": "Current"}))
+                    .collect();
+                json!({"metadata": {"name": g}, "versions": versions})
+            })
+            .collect();
+        json!({
+            "kind": "APIGroupDiscoveryList",
+            "apiVersion": "apidiscovery.k8s.io/v2",
+            "metadata": {},
+            "items": items,
+        })
+    }
+}
+
 fn group_doc(group: &str, versions: &[&str]) -> Value {
     let vs: Vec<Value> = versions
         .iter()

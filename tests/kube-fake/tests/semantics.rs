@@ -599,6 +599,24 @@ async fn discovery_kubeconfig_and_dry_run() {
     assert_eq!(ar.plural, "apitokens");
     assert!(caps.supports_operation(kube::discovery::verbs::WATCH));
     assert!(discovery.has_group("coordination.k8s.io"));
+    let aggregated = kube::Discovery::new(client.clone())
+        .run_aggregated()
+        .await
+        .unwrap();
+    let (ar, caps) = aggregated
+        .resolve_gvk(&kube::api::GroupVersionKind::gvk(
+            "prodgy.io",
+            "v1",
+            "UsageReport",
+        ))
+        .unwrap();
+    assert_eq!(ar.plural, "usagereports");
+    assert_eq!(caps.scope, kube::discovery::Scope::Namespaced);
+    assert!(
+        aggregated
+            .resolve_gvk(&kube::api::GroupVersionKind::gvk("", "v1", "Secret"))
+            .is_some()
+    );
 
     // A client built from the written kubeconfig works.
     let dir = tempfile::tempdir().unwrap();
@@ -701,4 +719,85 @@ async fn controller_reconciles_and_records_events() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     task.abort();
+}
+
+#[tokio::test]
+async fn custom_resources_need_a_resource_version_to_be_replaced() {
+    let server = server_with_crds().await;
+    let tokens: Api<ApiToken> = Api::namespaced(server.client(), "default");
+    let created = tokens
+        .create(&PostParams::default(), &token("put"))
+        .await
+        .unwrap();
+    let mut blind = created.clone();
+    blind.metadata.resource_version = None;
+    let err = api_err(
+        tokens
+            .replace("put", &PostParams::default(), &blind)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 422);
+    assert!(
+        err.message.contains("metadata.resourceVersion"),
+        "{}",
+        err.message
+    );
+    // ConfigMaps allow an unconditional update.
+    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    let mut c = cms
+        .create(&PostParams::default(), &cm("put", &[]))
+        .await
+        .unwrap();
+    c.metadata.resource_version = None;
+    cms.replace("put", &PostParams::default(), &c)
+        .await
+        .unwrap();
+    tokens
+        .replace("put", &PostParams::default(), &created)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn metadata_only_watches_and_lists() {
+    use kube::core::PartialObjectMeta;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let server = FakeApiServer::start().await;
+    let secrets: Api<Secret> = Api::namespaced(server.client(), "meta");
+    let mut s = Secret::default();
+    s.metadata.name = Some("m".into());
+    s.string_data = Some([("token".to_string(), "plaintext".to_string())].into());
+    secrets.create(&PostParams::default(), &s).await.unwrap();
+
+    let list = secrets.list_metadata(&ListParams::default()).await.unwrap();
+    assert_eq!(list.items[0].metadata.name.as_deref(), Some("m"));
+    let raw = server
+        .client()
+        .request_text(
+            http::Request::get("/api/v1/namespaces/meta/secrets")
+                .header(
+                    "accept",
+                    "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1",
+                )
+                .body(Vec::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        raw.contains("PartialObjectMetadataList") && !raw.contains("\"data\""),
+        "{raw}"
+    );
+
+    let metas: Api<PartialObjectMeta<Secret>> = Api::namespaced(server.client(), "meta");
+    let mut stream = watcher(metas, watcher::Config::default())
+        .applied_objects()
+        .boxed();
+    let first = tokio::time::timeout(Duration::from_secs(2), stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.metadata.name.as_deref(), Some("m"));
 }
