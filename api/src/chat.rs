@@ -292,6 +292,7 @@ impl Job {
         metrics.chat_streams.inc();
         let mut text = String::new();
         let end = self.produce(&mut text).await;
+        metrics.chat_streams.dec();
         let (status, terminal) = match &end {
             End::Done(reason) => (
                 "complete",
@@ -328,7 +329,6 @@ impl Job {
         if let Some((name, data)) = terminal {
             self.send(name, data).await;
         }
-        metrics.chat_streams.dec();
     }
 
     async fn produce(&self, text: &mut String) -> End {
