@@ -19,86 +19,136 @@ pub struct Args {
     #[command(subcommand)]
     pub command: Option<Command>,
     /// Data listener; loopback by default because the proxy is its only door.
-    #[arg(long, env = "PRODGY_API_LISTEN", default_value = "127.0.0.1:8081")]
+    #[arg(
+        long,
+        global = true,
+        env = "PRODGY_API_LISTEN",
+        default_value = "127.0.0.1:8081"
+    )]
     pub listen: SocketAddr,
     /// Ops listener: /healthz, /readyz and /metrics only.
-    #[arg(long, env = "PRODGY_API_OPS_LISTEN", default_value = "0.0.0.0:9091")]
+    #[arg(
+        long,
+        global = true,
+        env = "PRODGY_API_OPS_LISTEN",
+        default_value = "0.0.0.0:9091"
+    )]
     pub ops_listen: SocketAddr,
     /// Directory for the SQLite file, local blobs and a generated key.
-    #[arg(long, env = "PRODGY_DATA_DIR", default_value = "./.data")]
+    #[arg(
+        long,
+        global = true,
+        env = "PRODGY_DATA_DIR",
+        default_value = "./.data"
+    )]
     pub data_dir: PathBuf,
     /// `postgres://…` for shared state across replicas, or `sqlite://…`;
     /// default: `<data-dir>/prodgy.db`.
-    #[arg(long, env = "PRODGY_DATABASE_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "PRODGY_DATABASE_URL",
+        hide_env_values = true
+    )]
     pub database_url: Option<String>,
     /// Largest number of database connections.
-    #[arg(long, env = "PRODGY_DB_MAX_CONNECTIONS", default_value_t = 10)]
+    #[arg(
+        long,
+        global = true,
+        env = "PRODGY_DB_MAX_CONNECTIONS",
+        default_value_t = 10
+    )]
     pub db_max_connections: u32,
     /// File with encryption keys (base64, 32 bytes each, one per line; the
     /// first encrypts, all decrypt).
-    #[arg(long, env = "PRODGY_ENCRYPTION_KEY_FILE")]
+    #[arg(long, global = true, env = "PRODGY_ENCRYPTION_KEY_FILE")]
     pub encryption_key_file: Option<PathBuf>,
     /// Encryption keys inline (same format, comma-separated); wins over the file.
-    #[arg(long, env = "PRODGY_ENCRYPTION_KEY", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "PRODGY_ENCRYPTION_KEY",
+        hide_env_values = true
+    )]
     pub encryption_key: Option<String>,
     /// OpenAI-compatible base URL including `/v1`, e.g. `http://127.0.0.1:11434/v1`;
     /// without it the assistant answers from the knowledge base itself.
-    #[arg(long, env = "PRODGY_OPENAI_BASE_URL")]
+    #[arg(long, global = true, env = "PRODGY_OPENAI_BASE_URL")]
     pub openai_base_url: Option<String>,
     /// Bearer key for the OpenAI-compatible endpoint.
-    #[arg(long, env = "PRODGY_OPENAI_API_KEY", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "PRODGY_OPENAI_API_KEY",
+        hide_env_values = true
+    )]
     pub openai_api_key: Option<String>,
     /// Model name sent to the OpenAI-compatible endpoint.
-    #[arg(long, env = "PRODGY_OPENAI_MODEL", default_value = "gpt-4o-mini")]
+    #[arg(
+        long,
+        global = true,
+        env = "PRODGY_OPENAI_MODEL",
+        default_value = "gpt-4o-mini"
+    )]
     pub openai_model: String,
     /// Where file contents live.
-    #[arg(long, env = "PRODGY_OBJECT_STORE", value_enum, default_value_t = StoreKind::Local)]
+    #[arg(long, global = true, env = "PRODGY_OBJECT_STORE", value_enum, default_value_t = StoreKind::Local)]
     pub object_store: StoreKind,
     /// S3 bucket (with `--object-store s3`). Credentials come from the usual
     /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN variables.
-    #[arg(long, env = "PRODGY_S3_BUCKET")]
+    #[arg(long, global = true, env = "PRODGY_S3_BUCKET")]
     pub s3_bucket: Option<String>,
     /// S3-compatible endpoint URL (MinIO, Ceph, R2…); default: AWS.
-    #[arg(long, env = "PRODGY_S3_ENDPOINT")]
+    #[arg(long, global = true, env = "PRODGY_S3_ENDPOINT")]
     pub s3_endpoint: Option<String>,
     /// S3 region.
-    #[arg(long, env = "PRODGY_S3_REGION", default_value = "us-east-1")]
+    #[arg(
+        long,
+        global = true,
+        env = "PRODGY_S3_REGION",
+        default_value = "us-east-1"
+    )]
     pub s3_region: String,
     /// Key prefix inside the bucket.
-    #[arg(long, env = "PRODGY_S3_PREFIX", default_value = "")]
+    #[arg(long, global = true, env = "PRODGY_S3_PREFIX", default_value = "")]
     pub s3_prefix: String,
     /// Allow a plain-http S3 endpoint (local MinIO).
-    #[arg(long, env = "PRODGY_S3_ALLOW_HTTP", default_value_t = false)]
+    #[arg(
+        long,
+        global = true,
+        env = "PRODGY_S3_ALLOW_HTTP",
+        default_value_t = false
+    )]
     pub s3_allow_http: bool,
     /// Largest upload in bytes (413 beyond).
-    #[arg(long, env = "PRODGY_MAX_UPLOAD_BYTES", default_value_t = 2 * 1024 * 1024 * 1024)]
+    #[arg(long, global = true, env = "PRODGY_MAX_UPLOAD_BYTES", default_value_t = 2 * 1024 * 1024 * 1024)]
     pub max_upload_bytes: u64,
     /// Largest JSON request body in bytes (413 beyond).
-    #[arg(long, env = "PRODGY_MAX_JSON_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, global = true, env = "PRODGY_MAX_JSON_BYTES", default_value_t = 1024 * 1024)]
     pub max_json_bytes: usize,
     /// Largest webhook event in bytes (413 beyond).
-    #[arg(long, env = "PRODGY_MAX_WEBHOOK_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, global = true, env = "PRODGY_MAX_WEBHOOK_BYTES", default_value_t = 1024 * 1024)]
     pub max_webhook_bytes: usize,
     /// How much of an uploaded text file is indexed for search.
-    #[arg(long, env = "PRODGY_MAX_INDEX_BYTES", default_value_t = 256 * 1024)]
+    #[arg(long, global = true, env = "PRODGY_MAX_INDEX_BYTES", default_value_t = 256 * 1024)]
     pub max_index_bytes: usize,
     /// Execution workers in this process (0: this replica only serves HTTP).
-    #[arg(long, env = "PRODGY_WORKERS", default_value_t = 4)]
+    #[arg(long, global = true, env = "PRODGY_WORKERS", default_value_t = 4)]
     pub workers: usize,
     /// How long a worker's claim on an execution lasts without a heartbeat.
-    #[arg(long, env = "PRODGY_EXECUTION_LEASE", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, global = true, env = "PRODGY_EXECUTION_LEASE", default_value = "30s", value_parser = parse_duration)]
     pub execution_lease: Duration,
     /// Attempts before an execution whose worker keeps dying is failed.
-    #[arg(long, env = "PRODGY_MAX_ATTEMPTS", default_value_t = 3)]
+    #[arg(long, global = true, env = "PRODGY_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: u32,
     /// How often idle workers look for work queued by other replicas.
-    #[arg(long, env = "PRODGY_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, global = true, env = "PRODGY_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub poll_interval: Duration,
     /// Default timeout of an `http` agent's call.
-    #[arg(long, env = "PRODGY_AGENT_HTTP_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, global = true, env = "PRODGY_AGENT_HTTP_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub agent_http_timeout: Duration,
     /// Log format.
-    #[arg(long, env = "PRODGY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, env = "PRODGY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
 
