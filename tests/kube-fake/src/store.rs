@@ -795,7 +795,6 @@ impl Store {
     }
 
     /// PATCH (and server-side apply, which may create).
-    #[allow(clippy::too_many_arguments)]
     pub fn patch(
         &mut self,
         ty: &Arc<ResourceType>,

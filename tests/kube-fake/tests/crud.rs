@@ -2,46 +2,15 @@
 //! CRUD, conflicts, patches, status, generation, finalizers and GC through
 //! a real `kube::Client`.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::core::Status;
-use prodgy_crds::{ApiToken, ApiTokenSpec, ApiTokenStatus, Phase};
+use prodgy_crds::{ApiToken, ApiTokenStatus, Phase};
 use prodgy_kube_fake::FakeApiServer;
+
+mod common;
+use common::*;
 use serde_json::json;
-
-fn api_err(e: kube::Error) -> Status {
-    match e {
-        kube::Error::Api(s) => *s,
-        other => panic!("expected an API error, got {other:?}"),
-    }
-}
-
-fn secret(name: &str) -> Secret {
-    Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        string_data: Some(BTreeMap::from([("token".into(), "s3cr3t".into())])),
-        ..Default::default()
-    }
-}
-
-fn token(name: &str) -> ApiToken {
-    ApiToken::new(
-        name,
-        serde_json::from_value::<ApiTokenSpec>(json!({"product": "acme"})).unwrap(),
-    )
-}
-
-async fn server_with_crds() -> FakeApiServer {
-    let server = FakeApiServer::start().await;
-    server.register_prodgy_crds().unwrap();
-    server
-}
 
 #[tokio::test]
 async fn secret_crud_with_string_data_and_conflicts() {

@@ -10,45 +10,15 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::core::Status;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Resource, ResourceExt};
-use prodgy_crds::{ApiToken, ApiTokenSpec, UsageReport};
+use prodgy_crds::{ApiToken, UsageReport};
 use prodgy_kube_fake::FakeApiServer;
+
+mod common;
+use common::*;
 use serde_json::json;
-
-fn api_err(e: kube::Error) -> Status {
-    match e {
-        kube::Error::Api(s) => *s,
-        other => panic!("expected an API error, got {other:?}"),
-    }
-}
-
-fn token(name: &str) -> ApiToken {
-    ApiToken::new(
-        name,
-        serde_json::from_value::<ApiTokenSpec>(json!({"product": "acme"})).unwrap(),
-    )
-}
-
-fn cm(name: &str, labels: &[(&str, &str)]) -> ConfigMap {
-    let mut c = ConfigMap::default();
-    c.metadata.name = Some(name.into());
-    c.metadata.labels = Some(
-        labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    );
-    c
-}
-
-async fn server_with_crds() -> FakeApiServer {
-    let server = FakeApiServer::start().await;
-    server.register_prodgy_crds().unwrap();
-    server
-}
 
 #[tokio::test]
 async fn json_patch_and_server_side_apply() {

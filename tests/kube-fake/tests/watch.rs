@@ -8,19 +8,10 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use prodgy_kube_fake::FakeApiServer;
-use serde_json::json;
 
-fn cm(name: &str, labels: &[(&str, &str)]) -> ConfigMap {
-    let mut c = ConfigMap::default();
-    c.metadata.name = Some(name.into());
-    c.metadata.labels = Some(
-        labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    );
-    c
-}
+mod common;
+use common::*;
+use serde_json::json;
 
 /// Next event within one second, or a failure naming what was expected.
 async fn next_within<S>(stream: &mut S, what: &str) -> WatchEvent<ConfigMap>
@@ -32,6 +23,15 @@ where
         .unwrap_or_else(|_| panic!("no {what} event within 1 s"))
         .unwrap_or_else(|| panic!("watch ended before {what}"))
         .unwrap()
+}
+
+/// Asserts the next event (within one second) is `kind` for `name`.
+async fn expect_event<S>(stream: &mut S, kind: &str, name: &str)
+where
+    S: futures::Stream<Item = kube::Result<WatchEvent<ConfigMap>>> + Unpin,
+{
+    let got = name_of(&next_within(stream, &format!("{kind} {name}")).await);
+    assert_eq!(got, (kind.to_string(), name.to_string()));
 }
 
 fn name_of(ev: &WatchEvent<ConfigMap>) -> (String, String) {
@@ -58,10 +58,7 @@ async fn watch_delivers_changes_in_order_and_fast() {
     cms.create(&PostParams::default(), &cm("a", &[]))
         .await
         .unwrap();
-    assert_eq!(
-        name_of(&next_within(&mut stream, "ADDED").await),
-        ("ADDED".into(), "a".into())
-    );
+    expect_event(&mut stream, "ADDED", "a").await;
     let latency = started.elapsed();
     assert!(
         latency < Duration::from_millis(500),
@@ -71,10 +68,7 @@ async fn watch_delivers_changes_in_order_and_fast() {
     let p = Patch::Merge(json!({"data": {"k": "v"}}));
     cms.patch("a", &PatchParams::default(), &p).await.unwrap();
     cms.delete("a", &DeleteParams::default()).await.unwrap();
-    assert_eq!(
-        name_of(&next_within(&mut stream, "MODIFIED").await),
-        ("MODIFIED".into(), "a".into())
-    );
+    expect_event(&mut stream, "MODIFIED", "a").await;
     match next_within(&mut stream, "DELETED").await {
         WatchEvent::Deleted(o) => assert_eq!(o.data.unwrap()["k"], "v"),
         other => panic!("expected DELETED, got {:?}", name_of(&other)),
@@ -111,21 +105,12 @@ async fn watch_resumes_from_a_resource_version_and_reports_410_when_too_old() {
         .await
         .unwrap()
         .boxed();
-    assert_eq!(
-        name_of(&next_within(&mut stream, "replayed b").await),
-        ("ADDED".into(), "b".into())
-    );
-    assert_eq!(
-        name_of(&next_within(&mut stream, "replayed delete").await),
-        ("DELETED".into(), "a".into())
-    );
+    expect_event(&mut stream, "ADDED", "b").await;
+    expect_event(&mut stream, "DELETED", "a").await;
     cms.create(&PostParams::default(), &cm("c", &[]))
         .await
         .unwrap();
-    assert_eq!(
-        name_of(&next_within(&mut stream, "live c").await),
-        ("ADDED".into(), "c".into())
-    );
+    expect_event(&mut stream, "ADDED", "c").await;
 
     server.compact_history();
     let mut stream = cms
@@ -158,26 +143,17 @@ async fn selector_watch_sees_objects_enter_and_leave() {
     cms.create(&PostParams::default(), &cm("web", &[("app", "web")]))
         .await
         .unwrap();
-    assert_eq!(
-        name_of(&next_within(&mut stream, "web").await),
-        ("ADDED".into(), "web".into())
-    );
+    expect_event(&mut stream, "ADDED", "web").await;
     let leave = Patch::Merge(json!({"metadata": {"labels": {"app": "other"}}}));
     cms.patch("web", &PatchParams::default(), &leave)
         .await
         .unwrap();
-    assert_eq!(
-        name_of(&next_within(&mut stream, "leave").await),
-        ("DELETED".into(), "web".into())
-    );
+    expect_event(&mut stream, "DELETED", "web").await;
     let enter = Patch::Merge(json!({"metadata": {"labels": {"app": "web"}}}));
     cms.patch("db", &PatchParams::default(), &enter)
         .await
         .unwrap();
-    assert_eq!(
-        name_of(&next_within(&mut stream, "enter").await),
-        ("ADDED".into(), "db".into())
-    );
+    expect_event(&mut stream, "ADDED", "db").await;
 }
 
 #[tokio::test]
@@ -195,10 +171,7 @@ async fn bookmarks_timeouts_and_initial_events() {
     let mut wp = WatchParams::default().initial_events();
     wp.bookmarks = true;
     let mut stream = cms.watch(&wp, "").await.unwrap().boxed();
-    assert_eq!(
-        name_of(&next_within(&mut stream, "initial a").await),
-        ("ADDED".into(), "a".into())
-    );
+    expect_event(&mut stream, "ADDED", "a").await;
     match next_within(&mut stream, "initial-events-end").await {
         WatchEvent::Bookmark(b) => {
             assert_eq!(b.metadata.annotations["k8s.io/initial-events-end"], "true");
@@ -338,4 +311,89 @@ async fn streaming_list_watcher_converges() {
         Some(watcher::Event::InitDone) => {}
         other => panic!("expected InitDone, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn finalizer_flow_is_visible_to_watchers() {
+    let server = FakeApiServer::start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "f");
+    let mut held = cm("held", &[]);
+    held.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+    cms.create(&PostParams::default(), &held).await.unwrap();
+    let mut stream = cms
+        .watch(&WatchParams::default(), "0")
+        .await
+        .unwrap()
+        .boxed();
+    expect_event(&mut stream, "ADDED", "held").await;
+
+    cms.delete("held", &DeleteParams::default()).await.unwrap();
+    match next_within(&mut stream, "MODIFIED").await {
+        WatchEvent::Modified(o) => assert!(o.metadata.deletion_timestamp.is_some()),
+        other => panic!("expected MODIFIED, got {:?}", name_of(&other)),
+    }
+    // No new finalizers on an object being deleted.
+    let add =
+        Patch::Merge(json!({"metadata": {"finalizers": ["example.com/hold", "example.com/more"]}}));
+    let err = cms
+        .patch("held", &PatchParams::default(), &add)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 422),
+        "{err:?}"
+    );
+
+    let clear = Patch::Merge(json!({"metadata": {"finalizers": []}}));
+    cms.patch("held", &PatchParams::default(), &clear)
+        .await
+        .unwrap();
+    expect_event(&mut stream, "DELETED", "held").await;
+    assert!(server.get_object("configmaps", Some("f"), "held").is_none());
+}
+
+#[tokio::test]
+async fn service_unavailable_mode_and_shutdown_on_drop() {
+    let server = FakeApiServer::start().await;
+    let mut config = server.config().unwrap();
+    config.default_retry = false; // see the 503 itself, not kube's retries
+    let cms: Api<ConfigMap> = Api::namespaced(kube::Client::try_from(config).unwrap(), "u");
+    cms.create(&PostParams::default(), &cm("a", &[]))
+        .await
+        .unwrap();
+    let mut stream = cms
+        .watch(&WatchParams::default(), "0")
+        .await
+        .unwrap()
+        .boxed();
+    expect_event(&mut stream, "ADDED", "a").await;
+
+    server.set_service_unavailable(true);
+    let ended = tokio::time::timeout(Duration::from_secs(1), stream.next())
+        .await
+        .unwrap();
+    assert!(!matches!(ended, Some(Ok(_))), "the watch is cut: {ended:?}");
+    let err = cms.get("a").await.unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 503),
+        "{err:?}"
+    );
+    server.set_service_unavailable(false);
+    cms.get("a").await.unwrap();
+
+    let url = server.url();
+    drop(server);
+    // Shutdown completes on the runtime's next turns.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while tokio::net::TcpStream::connect(url.trim_start_matches("http://"))
+        .await
+        .is_ok()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the port is closed once the server is dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(cms.get("a").await.is_err());
 }
