@@ -96,7 +96,7 @@ use tokio::task::JoinHandle;
 
 pub use error::{ApiError, Error, Result};
 
-use server::Shared;
+use server::{Denial, DenyScope, Shared};
 use store::Store;
 use types::ResourceType;
 
@@ -315,25 +315,46 @@ current-context: prodgy-kube-fake
         }
     }
 
-    /// Answers `403 Forbidden` to `verb` (`get`, `list`, `watch`, `create`,
-    /// `update`, `patch`, `delete`, `deletecollection` or `*`) on
-    /// `resource` (a plural such as `secrets`, a subresource such as
-    /// `apitokens/status`, or `*`), as missing RBAC would.
-    pub fn deny(&self, verb: &str, resource: &str) {
+    fn add_denial(&self, verb: &str, resource: &str, scope: DenyScope) {
         self.shared
             .denied
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert((verb.to_string(), resource.to_string()));
+            .insert(Denial {
+                verb: verb.to_string(),
+                resource: resource.to_string(),
+                scope,
+            });
     }
 
-    /// Lifts a [`Self::deny`].
+    /// Answers `403 Forbidden` to `verb` (`get`, `list`, `watch`, `create`,
+    /// `update`, `patch`, `delete`, `deletecollection` or `*`) on
+    /// `resource` (a plural such as `secrets`, a subresource such as
+    /// `apitokens/status`, or `*`; the group is not considered), as missing
+    /// RBAC would.
+    pub fn deny(&self, verb: &str, resource: &str) {
+        self.add_denial(verb, resource, DenyScope::Everywhere);
+    }
+
+    /// Like [`Self::deny`], only for requests not scoped to a namespace
+    /// (all-namespace list/watch, cluster-scoped resources): a Role in
+    /// some namespaces without a ClusterRole.
+    pub fn deny_cluster_wide(&self, verb: &str, resource: &str) {
+        self.add_denial(verb, resource, DenyScope::ClusterWide);
+    }
+
+    /// Like [`Self::deny`], only in one namespace.
+    pub fn deny_in(&self, namespace: &str, verb: &str, resource: &str) {
+        self.add_denial(verb, resource, DenyScope::Namespace(namespace.to_string()));
+    }
+
+    /// Lifts every denial of `verb` on `resource`, whatever its scope.
     pub fn allow(&self, verb: &str, resource: &str) {
         self.shared
             .denied
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&(verb.to_string(), resource.to_string()));
+            .retain(|d| !(d.verb == verb && d.resource == resource));
     }
 
     fn resource_type(&self, resource: &str) -> Result<Arc<ResourceType>> {

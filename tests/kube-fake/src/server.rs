@@ -36,7 +36,7 @@ pub(crate) struct Shared {
     pub overloaded: AtomicBool,
     /// Bumped to drop every open connection (outage, shutdown).
     pub disconnect: watch::Sender<u64>,
-    pub denied: Mutex<HashSet<(String, String)>>,
+    pub denied: Mutex<HashSet<Denial>>,
     pub requests: Mutex<HashMap<(String, String), u64>>,
     pub bookmark_interval: Duration,
     pub addr: SocketAddr,
@@ -51,15 +51,20 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn is_denied(&self, verb: &str, resource: &str) -> bool {
+    fn is_denied(&self, verb: &str, resource: &str, namespace: Option<&str>) -> bool {
         let denied = self
             .denied
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        [verb, "*"].iter().any(|v| {
-            [resource, "*"]
-                .iter()
-                .any(|r| denied.contains(&(v.to_string(), r.to_string())))
+        denied.iter().any(|d| {
+            (d.verb == verb || d.verb == "*")
+                && (d.resource == resource || d.resource == "*")
+                && match (&d.scope, namespace) {
+                    (DenyScope::Everywhere, _) => true,
+                    (DenyScope::ClusterWide, ns) => ns.is_none(),
+                    (DenyScope::Namespace(want), Some(ns)) => want == ns,
+                    (DenyScope::Namespace(_), None) => false,
+                }
         })
     }
 
@@ -71,6 +76,24 @@ impl Shared {
         *r.entry((verb.to_string(), resource.to_string()))
             .or_default() += 1;
     }
+}
+
+/// Where a [`Denial`] applies.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum DenyScope {
+    Everywhere,
+    /// Requests not scoped to a namespace (all-namespace list/watch,
+    /// cluster-scoped resources).
+    ClusterWide,
+    Namespace(String),
+}
+
+/// One simulated missing RBAC permission.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Denial {
+    pub verb: String,
+    pub resource: String,
+    pub scope: DenyScope,
 }
 
 /// Accepts connections until the task is aborted; a `disconnect` bump
@@ -204,10 +227,15 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         )
         .into_response();
     }
-    match handle_inner(&shared, req).await {
+    let method = req.method().clone();
+    let uri = req.uri().clone();
+    let response = match handle_inner(&shared, req).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
-    }
+    };
+    // Test logs show what a component under test asked for.
+    tracing::debug!(%method, %uri, status = response.status().as_u16(), "kube-fake request");
+    response
 }
 
 fn flag(q: &HashMap<String, String>, k: &str) -> bool {
@@ -261,7 +289,7 @@ async fn handle_inner(shared: &Arc<Shared>, req: Request) -> Result<Response, Ap
         ty.plural.clone()
     };
     shared.count_request(verb, &ty.qualified());
-    if shared.is_denied(verb, &resource) {
+    if shared.is_denied(verb, &resource, target.namespace.as_deref()) {
         let subject = match &target.name {
             Some(n) => format!("{} \"{n}\"", ty.qualified()),
             None => ty.qualified(),

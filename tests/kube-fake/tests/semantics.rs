@@ -353,6 +353,30 @@ async fn denied_verbs_answer_forbidden() {
     server.allow("list", "secrets");
     secrets.list(&ListParams::default()).await.unwrap();
 
+    // A namespaced Role without a ClusterRole: cluster-wide list refused.
+    server.deny_cluster_wide("list", "secrets");
+    let all: Api<Secret> = Api::all(server.client());
+    assert_eq!(
+        api_err(all.list(&ListParams::default()).await.unwrap_err()).code,
+        403
+    );
+    secrets.list(&ListParams::default()).await.unwrap();
+    server.deny_in("default", "create", "secrets");
+    let mut s = Secret::default();
+    s.metadata.name = Some("x".into());
+    assert_eq!(
+        api_err(
+            secrets
+                .create(&PostParams::default(), &s)
+                .await
+                .unwrap_err()
+        )
+        .code,
+        403
+    );
+    let other: Api<Secret> = Api::namespaced(server.client(), "other");
+    other.create(&PostParams::default(), &s).await.unwrap();
+
     // Denying the status subresource leaves the main resource writable.
     let tokens: Api<ApiToken> = Api::namespaced(server.client(), "default");
     tokens
@@ -770,4 +794,57 @@ async fn metadata_only_watches_and_lists() {
         .unwrap()
         .unwrap();
     assert_eq!(first.metadata.name.as_deref(), Some("m"));
+}
+
+#[tokio::test]
+async fn crds_applied_through_the_api_are_served_until_deleted() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::CustomResourceExt;
+    use kube::runtime::wait::{await_condition, conditions};
+
+    let server = FakeApiServer::start().await;
+    let crds: Api<CustomResourceDefinition> = Api::all(server.client());
+    let crd = ApiToken::crd();
+    crds.patch(
+        "apitokens.prodgy.io",
+        &PatchParams::apply("installer").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .unwrap();
+    let established = await_condition(
+        crds.clone(),
+        "apitokens.prodgy.io",
+        conditions::is_crd_established(),
+    );
+    tokio::time::timeout(Duration::from_secs(2), established)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let tokens: Api<ApiToken> = Api::namespaced(server.client(), "default");
+    tokens
+        .create(&PostParams::default(), &token("t"))
+        .await
+        .unwrap();
+    assert_eq!(server.list_objects("apitokens.prodgy.io", None).len(), 1);
+
+    // A CRD whose schema has a CEL rule that does not compile is refused.
+    let mut broken = serde_json::to_value(UsageReport::crd()).unwrap();
+    broken["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["x-kubernetes-validations"] =
+        json!([{"rule": "self.spec.(", "message": "broken"}]);
+    let broken: CustomResourceDefinition = serde_json::from_value(broken).unwrap();
+    let err = api_err(
+        crds.create(&PostParams::default(), &broken)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 422);
+
+    crds.delete("apitokens.prodgy.io", &DeleteParams::default())
+        .await
+        .unwrap();
+    let err = api_err(tokens.list(&ListParams::default()).await.unwrap_err());
+    assert_eq!((err.code, err.reason.as_str()), (404, "NotFound"));
+    assert!(server.list_objects("apitokens.prodgy.io", None).is_empty());
 }
