@@ -140,7 +140,7 @@ async fn check_integration(state: &AppState, product: &str, id: Option<&str>) ->
 }
 
 /// List agents.
-#[utoipa::path(get, path = "/api/agent-base", tag = "agents",
+#[utoipa::path(get, operation_id = "agents_list", path = "/api/agent-base", tag = "agents",
     params(PageQuery),
     responses((status = 200, body = Paginated<Agent>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn list(
@@ -164,7 +164,7 @@ pub async fn list(
 }
 
 /// Install an agent from a definition.
-#[utoipa::path(post, path = "/api/agent-base", tag = "agents",
+#[utoipa::path(post, operation_id = "agents_install", path = "/api/agent-base", tag = "agents",
     request_body = InstallAgent,
     responses((status = 201, body = Agent), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn install(
@@ -198,7 +198,7 @@ pub async fn install(
 }
 
 /// Get one agent.
-#[utoipa::path(get, path = "/api/agent-base/{id}", tag = "agents",
+#[utoipa::path(get, operation_id = "agents_get", path = "/api/agent-base/{id}", tag = "agents",
     params(("id" = String, Path, description = "Agent id")),
     responses((status = 200, body = Agent), (status = 404, body = ErrorBody)))]
 pub async fn get(
@@ -210,7 +210,7 @@ pub async fn get(
 }
 
 /// Update an agent (fields present are changed).
-#[utoipa::path(patch, path = "/api/agent-base/{id}", tag = "agents",
+#[utoipa::path(patch, operation_id = "agents_patch", path = "/api/agent-base/{id}", tag = "agents",
     params(("id" = String, Path, description = "Agent id")),
     request_body = UpdateAgent,
     responses((status = 200, body = Agent), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -224,7 +224,7 @@ pub async fn patch(
 }
 
 /// Replace an agent (`name`, `kind` and `config` required).
-#[utoipa::path(put, path = "/api/agent-base/{id}", tag = "agents",
+#[utoipa::path(put, operation_id = "agents_put", path = "/api/agent-base/{id}", tag = "agents",
     params(("id" = String, Path, description = "Agent id")),
     request_body = UpdateAgent,
     responses((status = 200, body = Agent), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -293,7 +293,7 @@ async fn update(
 }
 
 /// Delete an agent with its triggers and executions.
-#[utoipa::path(delete, path = "/api/agent-base/{id}", tag = "agents",
+#[utoipa::path(delete, operation_id = "agents_delete", path = "/api/agent-base/{id}", tag = "agents",
     params(("id" = String, Path, description = "Agent id")),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn delete(
@@ -403,7 +403,7 @@ pub struct ExecutionQuery {
 }
 
 /// List an agent's executions, newest first.
-#[utoipa::path(get, path = "/api/agent-base/{id}/executions", tag = "executions",
+#[utoipa::path(get, operation_id = "agents_list_executions", path = "/api/agent-base/{id}/executions", tag = "executions",
     params(("id" = String, Path, description = "Agent id"), ExecutionQuery),
     responses((status = 200, body = Paginated<Execution>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn list_executions(
@@ -445,7 +445,7 @@ pub async fn list_executions(
 }
 
 /// Get one execution.
-#[utoipa::path(get, path = "/api/agent-base/{id}/executions/{execution_id}", tag = "executions",
+#[utoipa::path(get, operation_id = "agents_get_execution", path = "/api/agent-base/{id}/executions/{execution_id}", tag = "executions",
     params(("id" = String, Path, description = "Agent id"), ("execution_id" = String, Path, description = "Execution id")),
     responses((status = 200, body = Execution), (status = 404, body = ErrorBody)))]
 pub async fn get_execution(

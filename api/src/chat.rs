@@ -175,7 +175,7 @@ async fn save_message(state: &AppState, m: NewMessage<'_>) -> Result<()> {
 }
 
 /// Chat: streams the answer as Server-Sent Events.
-#[utoipa::path(post, path = "/api/assistant/chat", tag = "assistant",
+#[utoipa::path(post, operation_id = "chat_chat", path = "/api/assistant/chat", tag = "assistant",
     request_body = ChatRequest,
     responses(
         (status = 200, content_type = "text/event-stream", body = String,
@@ -465,7 +465,7 @@ impl Job {
 }
 
 /// List conversations, newest first.
-#[utoipa::path(get, path = "/api/assistant/chat", tag = "assistant",
+#[utoipa::path(get, operation_id = "chat_list", path = "/api/assistant/chat", tag = "assistant",
     params(PageQuery),
     responses((status = 200, body = Paginated<Conversation>), (status = 400, body = ErrorBody)))]
 pub async fn list(
@@ -489,7 +489,7 @@ pub async fn list(
 }
 
 /// A conversation's history.
-#[utoipa::path(get, path = "/api/assistant/chat/{conversation_id}", tag = "assistant",
+#[utoipa::path(get, operation_id = "chat_history", path = "/api/assistant/chat/{conversation_id}", tag = "assistant",
     params(("conversation_id" = String, Path, description = "Conversation id")),
     responses((status = 200, body = ConversationHistory), (status = 404, body = ErrorBody)))]
 pub async fn history(
@@ -525,7 +525,7 @@ pub async fn history(
 }
 
 /// Delete a conversation and its messages.
-#[utoipa::path(delete, path = "/api/assistant/chat/{conversation_id}", tag = "assistant",
+#[utoipa::path(delete, operation_id = "chat_delete", path = "/api/assistant/chat/{conversation_id}", tag = "assistant",
     params(("conversation_id" = String, Path, description = "Conversation id")),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn delete(

@@ -276,7 +276,7 @@ pub async fn resolve(state: &AppState, product: &str, id: &str) -> Result<Resolv
 }
 
 /// List integrations.
-#[utoipa::path(get, path = "/api/integrations-base", tag = "integrations",
+#[utoipa::path(get, operation_id = "integrations_list", path = "/api/integrations-base", tag = "integrations",
     params(PageQuery),
     responses((status = 200, body = Paginated<Integration>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn list(
@@ -300,7 +300,7 @@ pub async fn list(
 }
 
 /// Create an integration.
-#[utoipa::path(post, path = "/api/integrations-base", tag = "integrations",
+#[utoipa::path(post, operation_id = "integrations_create", path = "/api/integrations-base", tag = "integrations",
     request_body = CreateIntegration,
     responses((status = 201, body = Integration), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn create(
@@ -341,7 +341,7 @@ pub async fn create(
 }
 
 /// Get one integration.
-#[utoipa::path(get, path = "/api/integrations-base/{id}", tag = "integrations",
+#[utoipa::path(get, operation_id = "integrations_get", path = "/api/integrations-base/{id}", tag = "integrations",
     params(("id" = String, Path, description = "Integration id")),
     responses((status = 200, body = Integration), (status = 404, body = ErrorBody)))]
 pub async fn get(
@@ -353,7 +353,7 @@ pub async fn get(
 }
 
 /// Update an integration (fields present are changed).
-#[utoipa::path(patch, path = "/api/integrations-base/{id}", tag = "integrations",
+#[utoipa::path(patch, operation_id = "integrations_patch", path = "/api/integrations-base/{id}", tag = "integrations",
     params(("id" = String, Path, description = "Integration id")),
     request_body = UpdateIntegration,
     responses((status = 200, body = Integration), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -368,7 +368,7 @@ pub async fn patch(
 
 /// Replace an integration (same body as PATCH; `name`, `kind` and `config`
 /// are required).
-#[utoipa::path(put, path = "/api/integrations-base/{id}", tag = "integrations",
+#[utoipa::path(put, operation_id = "integrations_put", path = "/api/integrations-base/{id}", tag = "integrations",
     params(("id" = String, Path, description = "Integration id")),
     request_body = UpdateIntegration,
     responses((status = 200, body = Integration), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -436,7 +436,7 @@ async fn update(
 }
 
 /// Delete an integration (409 while agents use it).
-#[utoipa::path(delete, path = "/api/integrations-base/{id}", tag = "integrations",
+#[utoipa::path(delete, operation_id = "integrations_delete", path = "/api/integrations-base/{id}", tag = "integrations",
     params(("id" = String, Path, description = "Integration id")),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn delete(

@@ -149,7 +149,7 @@ pub async fn delete_for_file(tx: &mut Tx, product: &str, file_id: &str) -> Resul
 }
 
 /// List documents.
-#[utoipa::path(get, path = "/api/knowledge-base", tag = "knowledge-base",
+#[utoipa::path(get, operation_id = "knowledge_list", path = "/api/knowledge-base", tag = "knowledge-base",
     params(PageQuery),
     responses((status = 200, body = Paginated<Document>), (status = 400, body = ErrorBody)))]
 pub async fn list(
@@ -173,7 +173,7 @@ pub async fn list(
 }
 
 /// Get a document with its text.
-#[utoipa::path(get, path = "/api/knowledge-base/{id}", tag = "knowledge-base",
+#[utoipa::path(get, operation_id = "knowledge_get", path = "/api/knowledge-base/{id}", tag = "knowledge-base",
     params(("id" = String, Path, description = "Document id")),
     responses((status = 200, body = DocumentWithContent), (status = 404, body = ErrorBody)))]
 pub async fn get(
@@ -338,7 +338,7 @@ async fn search_impl(state: &AppState, caller: &Caller, q: SearchQuery) -> Resul
 }
 
 /// Full-text search (query string).
-#[utoipa::path(get, path = "/api/knowledge-base/search", tag = "knowledge-base",
+#[utoipa::path(get, operation_id = "knowledge_search", path = "/api/knowledge-base/search", tag = "knowledge-base",
     params(SearchQuery),
     responses((status = 200, body = SearchResults), (status = 400, body = ErrorBody)))]
 pub async fn search(
@@ -350,7 +350,7 @@ pub async fn search(
 }
 
 /// Full-text search (JSON body with the same fields).
-#[utoipa::path(post, path = "/api/knowledge-base/search", tag = "knowledge-base",
+#[utoipa::path(post, operation_id = "knowledge_search_post", path = "/api/knowledge-base/search", tag = "knowledge-base",
     request_body = SearchQuery,
     responses((status = 200, body = SearchResults), (status = 400, body = ErrorBody)))]
 pub async fn search_post(

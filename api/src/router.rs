@@ -113,7 +113,7 @@ pub fn openapi_document() -> &'static str {
 }
 
 /// The OpenAPI document of this API.
-#[utoipa::path(get, path = "/api/openapi.json", tag = "meta",
+#[utoipa::path(get, operation_id = "openapi", path = "/api/openapi.json", tag = "meta",
     security(()),
     responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json", body = Object)))]
 async fn openapi_json() -> Response {

@@ -465,7 +465,7 @@ pub struct UploadQuery {
 
 /// Upload a file: `multipart/form-data` (the first part with a file name)
 /// or any other body as the raw content with `?name=`.
-#[utoipa::path(post, path = "/api/knowledge-base/storage", tag = "storage",
+#[utoipa::path(post, operation_id = "storage_upload", path = "/api/knowledge-base/storage", tag = "storage",
     params(UploadQuery),
     request_body(content = Vec<u8>, description = "Raw bytes (with ?name=) or multipart/form-data", content_type = "application/octet-stream"),
     responses((status = 201, body = StoredFile), (status = 200, body = StoredFile, description = "Replaced a file of the same name"),
@@ -524,7 +524,7 @@ pub async fn upload(
 }
 
 /// Upload or replace the file `name` with the raw body.
-#[utoipa::path(put, path = "/api/knowledge-base/storage/{name}", tag = "storage",
+#[utoipa::path(put, operation_id = "storage_put", path = "/api/knowledge-base/storage/{name}", tag = "storage",
     params(("name" = String, Path, description = "File name (one segment)")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 201, body = StoredFile), (status = 200, body = StoredFile, description = "Replaced"),
@@ -551,7 +551,7 @@ pub async fn put(
 }
 
 /// List files, newest first.
-#[utoipa::path(get, path = "/api/knowledge-base/storage", tag = "storage",
+#[utoipa::path(get, operation_id = "storage_list", path = "/api/knowledge-base/storage", tag = "storage",
     params(PageQuery),
     responses((status = 200, body = Paginated<StoredFile>), (status = 400, body = ErrorBody)))]
 pub async fn list(
@@ -575,7 +575,7 @@ pub async fn list(
 }
 
 /// Download a file (streamed; single `Range` supported).
-#[utoipa::path(get, path = "/api/knowledge-base/storage/{name}", tag = "storage",
+#[utoipa::path(get, operation_id = "storage_download", path = "/api/knowledge-base/storage/{name}", tag = "storage",
     params(("name" = String, Path, description = "File name")),
     responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>),
               (status = 206, description = "Partial content"),
@@ -636,7 +636,7 @@ pub async fn download(
 }
 
 /// Delete a file (and its knowledge-base document).
-#[utoipa::path(delete, path = "/api/knowledge-base/storage/{name}", tag = "storage",
+#[utoipa::path(delete, operation_id = "storage_delete", path = "/api/knowledge-base/storage/{name}", tag = "storage",
     params(("name" = String, Path, description = "File name")),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn delete(

@@ -271,7 +271,7 @@ async fn fetch(state: &AppState, product: &str, id: &str) -> Result<Row> {
 }
 
 /// List triggers (optionally of one agent).
-#[utoipa::path(get, path = "/api/agent-base/triggers", tag = "triggers",
+#[utoipa::path(get, operation_id = "triggers_list", path = "/api/agent-base/triggers", tag = "triggers",
     params(PageQuery, ("agent_id" = Option<String>, Query, description = "Only this agent's triggers")),
     responses((status = 200, body = Paginated<Trigger>), (status = 400, body = ErrorBody)))]
 pub async fn list(
@@ -308,7 +308,7 @@ pub struct TriggerQuery {
 }
 
 /// Create a trigger for an agent.
-#[utoipa::path(post, path = "/api/agent-base/triggers", tag = "triggers",
+#[utoipa::path(post, operation_id = "triggers_create", path = "/api/agent-base/triggers", tag = "triggers",
     request_body = CreateTrigger,
     responses((status = 201, body = Trigger), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn create(
@@ -356,7 +356,7 @@ pub async fn create(
 }
 
 /// Trigger details.
-#[utoipa::path(get, path = "/api/agent-base/triggers/{id}", tag = "triggers",
+#[utoipa::path(get, operation_id = "triggers_get", path = "/api/agent-base/triggers/{id}", tag = "triggers",
     params(("id" = String, Path, description = "Trigger id")),
     responses((status = 200, body = Trigger), (status = 404, body = ErrorBody)))]
 pub async fn get(
@@ -368,7 +368,7 @@ pub async fn get(
 }
 
 /// Change a trigger's name, config, input or enabled flag.
-#[utoipa::path(patch, path = "/api/agent-base/triggers/{id}", tag = "triggers",
+#[utoipa::path(patch, operation_id = "triggers_patch", path = "/api/agent-base/triggers/{id}", tag = "triggers",
     params(("id" = String, Path, description = "Trigger id")),
     request_body = UpdateTrigger,
     responses((status = 200, body = Trigger), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -419,7 +419,7 @@ pub async fn patch(
 }
 
 /// Delete a trigger (its past executions stay with the agent).
-#[utoipa::path(delete, path = "/api/agent-base/triggers/{id}", tag = "triggers",
+#[utoipa::path(delete, operation_id = "triggers_delete", path = "/api/agent-base/triggers/{id}", tag = "triggers",
     params(("id" = String, Path, description = "Trigger id")),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn delete(
@@ -439,7 +439,7 @@ pub async fn delete(
 }
 
 /// Execute a trigger now: queues an execution and answers 202 at once.
-#[utoipa::path(post, path = "/api/agent-base/triggers/{id}/execute", tag = "triggers",
+#[utoipa::path(post, operation_id = "triggers_execute", path = "/api/agent-base/triggers/{id}/execute", tag = "triggers",
     params(("id" = String, Path, description = "Trigger id")),
     request_body(content = Option<ExecuteTrigger>, description = "Optional; `{\"input\": …}` overrides the trigger's input"),
     responses((status = 202, body = Started), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]

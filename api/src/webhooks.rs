@@ -45,7 +45,7 @@ pub struct StartedExecution {
 }
 
 /// Send an event.
-#[utoipa::path(post, path = "/api/webhook/{path}", tag = "webhooks",
+#[utoipa::path(post, operation_id = "webhooks_send", path = "/api/webhook/{path}", tag = "webhooks",
     params(("path" = String, Path, description = "Event path, may contain `/`, e.g. `github/push`")),
     request_body(content = Object, description = "Any JSON value, at most --max-webhook-bytes"),
     responses((status = 202, body = EventAccepted), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)))]

@@ -208,12 +208,15 @@ impl<S> Drop for Watched<S> {
     }
 }
 
+/// Requests the fake saw: Authorization header and JSON body.
+type Seen = Arc<Mutex<Vec<(Option<String>, Value)>>>;
+
 /// A local OpenAI-compatible endpoint. The first path segment picks its
 /// behaviour: `ok` streams "Hello world", `fail` answers 500, `slow` streams
 /// forever.
 struct FakeLlm {
     addr: String,
-    requests: Arc<Mutex<Vec<(Option<String>, Value)>>>,
+    requests: Seen,
     dropped: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -224,13 +227,13 @@ impl Drop for FakeLlm {
     }
 }
 
-fn sse_line(v: Value) -> String {
+fn sse_line(v: &Value) -> String {
     format!("data: {v}\n\n")
 }
 
 impl FakeLlm {
     async fn start() -> FakeLlm {
-        let requests: Arc<Mutex<Vec<(Option<String>, Value)>>> = Arc::default();
+        let requests: Seen = Arc::default();
         let dropped = Arc::new(AtomicBool::new(false));
         let (reqs, drop_flag) = (requests.clone(), dropped.clone());
         let app = axum::Router::new().route(
@@ -259,7 +262,7 @@ impl FakeLlm {
                         "slow" => {
                             let ticks = futures::stream::unfold((), |()| async {
                                 tokio::time::sleep(Duration::from_millis(20)).await;
-                                let line = sse_line(json!({"choices": [{"delta": {"content": "tick "}}]}));
+                                let line = sse_line(&json!({"choices": [{"delta": {"content": "tick "}}]}));
                                 Some((Ok::<_, std::io::Error>(line), ()))
                             })
                             .boxed();
@@ -270,10 +273,10 @@ impl FakeLlm {
                         }
                         _ => {
                             let whole = [
-                                sse_line(json!({"choices": [{"delta": {"role": "assistant"}}]})),
-                                sse_line(json!({"choices": [{"delta": {"content": "Hel"}}]})),
-                                sse_line(json!({"choices": [{"delta": {"content": "lo "}}]})),
-                                sse_line(json!({"choices": [{"delta": {"content": "world"}, "finish_reason": "stop"}]})),
+                                sse_line(&json!({"choices": [{"delta": {"role": "assistant"}}]})),
+                                sse_line(&json!({"choices": [{"delta": {"content": "Hel"}}]})),
+                                sse_line(&json!({"choices": [{"delta": {"content": "lo "}}]})),
+                                sse_line(&json!({"choices": [{"delta": {"content": "world"}, "finish_reason": "stop"}]})),
                                 "data: [DONE]\n\n".to_owned(),
                             ]
                             .concat();

@@ -966,3 +966,144 @@ async fn knowledge_agent_answers_with_citations(b: Backend) {
             .contains("nothing")
     );
 }
+
+/// Replaces `{param}` segments with sample values.
+fn concrete(path: &str) -> String {
+    path.split('/')
+        .map(|seg| match seg {
+            "{path}" => "github/push",
+            s if s.starts_with('{') => "x1",
+            s => s,
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_covers_every_route() {
+    let env = Env::new(&Backend::Sqlite).await;
+    let app = env.start().await;
+    let api = app.client("acme");
+    // Served without identity (it holds no data).
+    let doc: Value = reqwest::get(format!("{}/api/openapi.json", app.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    let paths = doc["paths"].as_object().unwrap();
+
+    // Every operation of the product guide is documented.
+    let guide = [
+        ("get", "/api/agent-base"),
+        ("post", "/api/agent-base"),
+        ("put", "/api/agent-base/{id}"),
+        ("patch", "/api/agent-base/{id}"),
+        ("delete", "/api/agent-base/{id}"),
+        ("get", "/api/agent-base/{id}/executions"),
+        ("get", "/api/agent-base/{id}/executions/{execution_id}"),
+        ("get", "/api/agent-base/triggers"),
+        ("post", "/api/agent-base/triggers"),
+        ("get", "/api/agent-base/triggers/{id}"),
+        ("post", "/api/agent-base/triggers/{id}/execute"),
+        ("post", "/api/webhook/{path}"),
+        ("get", "/api/integrations-base"),
+        ("post", "/api/integrations-base"),
+        ("put", "/api/integrations-base/{id}"),
+        ("patch", "/api/integrations-base/{id}"),
+        ("delete", "/api/integrations-base/{id}"),
+        ("get", "/api/knowledge-base"),
+        ("get", "/api/knowledge-base/search"),
+        ("get", "/api/assistant/chat"),
+        ("post", "/api/assistant/chat"),
+        ("get", "/api/assistant/chat/{conversation_id}"),
+        ("get", "/api/knowledge-base/storage"),
+        ("post", "/api/knowledge-base/storage"),
+        ("put", "/api/knowledge-base/storage/{name}"),
+        ("get", "/api/knowledge-base/storage/{name}"),
+        ("delete", "/api/knowledge-base/storage/{name}"),
+    ];
+    for (method, path) in guide {
+        assert!(
+            paths[path][method].is_object(),
+            "{method} {path} is not documented"
+        );
+    }
+
+    // Every documented operation is routed, and every undocumented method on
+    // a documented path is refused: the router and the document agree.
+    let mut operations = 0;
+    for (path, item) in paths {
+        let url = concrete(path);
+        for method in [
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ] {
+            let key = method.as_str().to_ascii_lowercase();
+            let (s, body) = api
+                .send(api.req(method.clone(), &url).json(&json!({})))
+                .await;
+            if item.get(&key).is_some() {
+                operations += 1;
+                assert_ne!(s, StatusCode::METHOD_NOT_ALLOWED, "{method} {url}");
+                if s == StatusCode::NOT_FOUND {
+                    assert_ne!(error_code(&body), "route_not_found", "{method} {url}");
+                }
+                let op = &item[&key];
+                assert!(
+                    op["responses"].as_object().is_some_and(|r| !r.is_empty()),
+                    "{method} {path}"
+                );
+            } else {
+                assert_eq!(
+                    s,
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "undocumented {method} {url}: {body}"
+                );
+            }
+        }
+    }
+    assert!(operations >= 35, "{operations} operations documented");
+    let mut ids: Vec<&str> = paths
+        .values()
+        .flat_map(|item| item.as_object().unwrap().values())
+        .filter_map(|op| op["operationId"].as_str())
+        .collect();
+    let n = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "operation ids are unique");
+    assert_eq!(n, operations);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_listener_serves_health_readiness_and_metrics_only() {
+    let env = Env::new(&Backend::Sqlite).await;
+    let app = env.start().await;
+    let api = app.client("acme");
+    api.get("/api/agent-base").await;
+    api.anonymous().get("/api/agent-base").await;
+    let get = |p: &str| reqwest::get(format!("{}{p}", app.ops));
+    assert_eq!(get("/healthz").await.unwrap().status(), 200);
+    assert_eq!(get("/readyz").await.unwrap().status(), 200);
+    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+    for line in [
+        "prodgy_api_requests_total{group=\"agents\",method=\"GET\",status=\"200\"} 1",
+        "prodgy_api_requests_total{group=\"agents\",method=\"GET\",status=\"401\"} 1",
+        "prodgy_api_request_duration_seconds_bucket{group=\"agents\"",
+        "prodgy_api_executions{status=\"queued\"} 0",
+        "prodgy_api_executions_running 0",
+    ] {
+        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+    }
+    assert_eq!(get("/api/agent-base").await.unwrap().status(), 404);
+    // Readiness follows the database.
+    app.state().db.pool.close().await;
+    assert_eq!(get("/readyz").await.unwrap().status(), 503);
+    assert_eq!(get("/healthz").await.unwrap().status(), 200);
+}
