@@ -26,13 +26,36 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Harness API
+//! - Start/stop: [`FakeApiServer::start`], [`FakeApiServer::builder`]
+//!   (bookmark interval, history size); dropping the server shuts it down.
+//! - Reaching it: [`FakeApiServer::url`], [`FakeApiServer::client`],
+//!   [`FakeApiServer::config`], [`FakeApiServer::kubeconfig_yaml`],
+//!   [`FakeApiServer::write_kubeconfig`].
+//! - Types: [`FakeApiServer::register_crd`],
+//!   [`FakeApiServer::register_prodgy_crds`] (CRDs created through the API
+//!   work the same way).
+//! - Faults: [`FakeApiServer::set_available`] (down: connections reset,
+//!   watches cut), [`FakeApiServer::set_service_unavailable`] (503s),
+//!   [`FakeApiServer::deny`] / [`FakeApiServer::deny_cluster_wide`] /
+//!   [`FakeApiServer::deny_in`] / [`FakeApiServer::allow`] (403 Forbidden),
+//!   [`FakeApiServer::close_watches`], [`FakeApiServer::compact_history`]
+//!   (410 on resume).
+//! - Store: [`FakeApiServer::get_object`], [`FakeApiServer::list_objects`],
+//!   [`FakeApiServer::put_object`], [`FakeApiServer::delete_object`],
+//!   [`FakeApiServer::event_count`], [`FakeApiServer::request_count`],
+//!   [`FakeApiServer::resource_version`]. Resources are named
+//!   `plural[.group]`: `secrets`, `apitokens.prodgy.io`,
+//!   `leases.coordination.k8s.io`.
+//!
 //! # What is modelled
 //! - Types: core/v1 `namespaces`, `secrets`, `configmaps`, `events`;
 //!   `events.k8s.io/v1 events`; `coordination.k8s.io/v1 leases`;
 //!   `apiextensions.k8s.io/v1 customresourcedefinitions`, and every custom
 //!   resource a CRD declares (created through the API or
 //!   [`FakeApiServer::register_crd`]): group, versions, plural, scope,
-//!   `subresources.status`, schema pruning, `default`s and validation (type,
+//!   `subresources.status`, schema pruning (or `400` for unknown fields
+//!   under `fieldValidation=Strict`), `default`s and validation (type,
 //!   required, enum, pattern, lengths, ranges, `date-time`, list sets) and
 //!   CEL `x-kubernetes-validations` including transition rules (`oldSelf`),
 //!   evaluated by `kube-cel` — failures are `422 Invalid` naming the message.

@@ -14,12 +14,16 @@ fn preserves_unknown(schema: &Value) -> bool {
 }
 
 /// Drops fields the schema does not declare, and nulls of non-nullable
-/// fields, as the real server does before defaulting.
-pub(crate) fn prune(schema: &Value, obj: &mut Value) {
-    prune_inner(schema, obj, true);
+/// fields, as the real server does before defaulting. Returns the paths of
+/// the unknown fields dropped (for `fieldValidation=Strict`).
+pub(crate) fn prune(schema: &Value, obj: &mut Value) -> Vec<String> {
+    let mut unknown = Vec::new();
+    prune_inner(schema, obj, "", &mut unknown);
+    unknown
 }
 
-fn prune_inner(schema: &Value, value: &mut Value, root: bool) {
+fn prune_inner(schema: &Value, value: &mut Value, path: &str, unknown: &mut Vec<String>) {
+    let root = path.is_empty();
     match value {
         Value::Object(map) => {
             let props = schema["properties"].as_object();
@@ -34,7 +38,11 @@ fn prune_inner(schema: &Value, value: &mut Value, root: bool) {
                 let sub = props.and_then(|p| p.get(k)).or(additional);
                 match sub {
                     Some(s) => !(v.is_null() && s["nullable"].as_bool() != Some(true)),
-                    None => keep_unknown,
+                    None if keep_unknown => true,
+                    None => {
+                        unknown.push(join(path, k));
+                        false
+                    }
                 }
             });
             for (k, v) in map.iter_mut() {
@@ -42,13 +50,13 @@ fn prune_inner(schema: &Value, value: &mut Value, root: bool) {
                     continue;
                 }
                 if let Some(s) = props.and_then(|p| p.get(k)).or(additional) {
-                    prune_inner(s, v, false);
+                    prune_inner(s, v, &join(path, k), unknown);
                 }
             }
         }
         Value::Array(items) if schema["items"].is_object() => {
-            for v in items {
-                prune_inner(&schema["items"], v, false);
+            for (i, v) in items.iter_mut().enumerate() {
+                prune_inner(&schema["items"], v, &format!("{path}[{i}]"), unknown);
             }
         }
         _ => {}
@@ -253,7 +261,7 @@ mod tests {
     #[test]
     fn prune_then_default_then_validate() {
         let mut obj = json!({"metadata": {"name": "x"}, "spec": {"product": "acme", "junk": 1, "mode": null}, "junk": 2});
-        prune(&schema(), &mut obj);
+        assert_eq!(prune(&schema(), &mut obj), ["junk", "spec.junk"]);
         apply_defaults(&schema(), &mut obj);
         assert_eq!(
             obj,

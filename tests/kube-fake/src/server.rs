@@ -328,7 +328,10 @@ async fn handle_inner(shared: &Arc<Shared>, req: Request) -> Result<Response, Ap
             )
         })?;
     let ns = target.namespace.as_deref();
-    let dry_run = query.get("dryRun").is_some_and(|v| v == "All");
+    let mode = WriteMode {
+        dry_run: query.get("dryRun").is_some_and(|v| v == "All"),
+        strict: query.get("fieldValidation").is_some_and(|v| v == "Strict"),
+    };
     match verb {
         "get" => {
             let name = target.name.as_deref().unwrap_or_default();
@@ -339,13 +342,13 @@ async fn handle_inner(shared: &Arc<Shared>, req: Request) -> Result<Response, Ap
         "watch" => watch_response(shared, &target, &query),
         "create" => {
             let obj = parse_json(&body)?;
-            let created = write(shared, dry_run, |s| s.create(&ty, ns, obj))?;
+            let created = write(shared, mode, |s| s.create(&ty, ns, obj))?;
             Ok(object_response(StatusCode::CREATED, &target, created))
         }
         "update" => {
             let obj = parse_json(&body)?;
             let name = target.name.as_deref().unwrap_or_default();
-            let updated = write(shared, dry_run, |s| {
+            let updated = write(shared, mode, |s| {
                 s.replace(&ty, ns, name, obj, target.status)
             })?;
             Ok(object_response(StatusCode::OK, &target, updated))
@@ -372,7 +375,7 @@ async fn handle_inner(shared: &Arc<Shared>, req: Request) -> Result<Response, Ap
                 ));
             }
             let name = target.name.as_deref().unwrap_or_default();
-            let (obj, created) = write(shared, dry_run, |s| {
+            let (obj, created) = write(shared, mode, |s| {
                 s.patch(&ty, ns, name, kind, &body, target.status)
             })?;
             let code = if created {
@@ -385,7 +388,7 @@ async fn handle_inner(shared: &Arc<Shared>, req: Request) -> Result<Response, Ap
         "delete" => {
             let opts = delete_opts(&body, &query)?;
             let name = target.name.as_deref().unwrap_or_default();
-            let (obj, gone) = write(shared, dry_run, |s| s.delete(&ty, ns, name, &opts))?;
+            let (obj, gone) = write(shared, mode, |s| s.delete(&ty, ns, name, &opts))?;
             if gone && !ty.custom && ty.plural != "namespaces" {
                 let status = json!({
                     "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
@@ -398,28 +401,37 @@ async fn handle_inner(shared: &Arc<Shared>, req: Request) -> Result<Response, Ap
         _ => {
             let opts = delete_opts(&body, &query)?;
             let sel = selectors(&ty, &query)?;
-            let items = write(shared, dry_run, |s| {
-                s.delete_collection(&ty, ns, &sel, &opts)
-            })?;
+            let items = write(shared, mode, |s| s.delete_collection(&ty, ns, &sel, &opts))?;
             let rv = shared.store().resource_version();
             Ok(list_response(&target, items, rv, None, None))
         }
     }
 }
 
+/// Per-request write options from the query string.
+#[derive(Clone, Copy, Debug)]
+struct WriteMode {
+    dry_run: bool,
+    strict: bool,
+}
+
 /// Runs a write; a dry run works on a throw-away copy of the store.
 fn write<T>(
     shared: &Shared,
-    dry_run: bool,
+    mode: WriteMode,
     f: impl FnOnce(&mut Store) -> Result<T, ApiError>,
 ) -> Result<T, ApiError> {
     let mut store = shared.store();
-    if dry_run {
+    if mode.dry_run {
         let mut copy = store.detached_copy();
         drop(store);
+        copy.strict_fields = mode.strict;
         return f(&mut copy);
     }
-    f(&mut store)
+    store.strict_fields = mode.strict;
+    let result = f(&mut store);
+    store.strict_fields = false;
+    result
 }
 
 fn parse_json(body: &[u8]) -> Result<Value, ApiError> {

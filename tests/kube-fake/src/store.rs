@@ -118,6 +118,9 @@ pub(crate) struct Store {
     compacted: u64,
     watchers: Vec<mpsc::UnboundedSender<Arc<Event>>>,
     event_counts: HashMap<(String, String), u64>,
+    /// Set for the duration of one write made with `fieldValidation=Strict`:
+    /// unknown fields are an error instead of being pruned.
+    pub strict_fields: bool,
 }
 
 fn now() -> String {
@@ -215,6 +218,7 @@ impl Store {
             compacted: 0,
             watchers: Vec::new(),
             event_counts: HashMap::new(),
+            strict_fields: false,
         }
     }
 
@@ -229,6 +233,7 @@ impl Store {
             compacted: self.rv,
             watchers: Vec::new(),
             event_counts: HashMap::new(),
+            strict_fields: self.strict_fields,
         }
     }
 
@@ -481,8 +486,20 @@ impl Store {
         if ty.custom {
             let version = ty.storage_version();
             if let Some(s) = &version.schema {
+                let unknown = schema::prune(s, obj);
+                if self.strict_fields && !unknown.is_empty() {
+                    let fields: Vec<String> = unknown
+                        .iter()
+                        .map(|f| format!("unknown field \"{f}\""))
+                        .collect();
+                    return Err(ApiError::bad_request(format!(
+                        "{kind} in version \"{v}\" cannot be handled as a {kind}: strict decoding error: {}",
+                        fields.join(", "),
+                        kind = ty.kind,
+                        v = version.name,
+                    )));
+                }
                 schema::apply_defaults(s, obj);
-                schema::prune(s, obj);
                 schema::validate(s, obj).map_err(|errors| {
                     ApiError::invalid(format!(
                         "{} is invalid: {}",

@@ -450,6 +450,37 @@ async fn cel_rules_of_the_crd_are_enforced() {
         .create(&PostParams::default(), &revoked)
         .await
         .unwrap();
+    // Unknown fields are pruned, or refused under fieldValidation=Strict.
+    let typo = json!({"spec": {"prodcut": "x"}});
+    let t = tokens
+        .patch("born-revoked", &pp, &Patch::Merge(&typo))
+        .await
+        .unwrap();
+    assert!(
+        server
+            .get_object("apitokens.prodgy.io", Some("default"), "born-revoked")
+            .unwrap()["spec"]
+            .get("prodcut")
+            .is_none()
+    );
+    assert_eq!(t.spec.product, "acme");
+    let strict = PatchParams {
+        field_validation: Some(kube::api::ValidationDirective::Strict),
+        ..Default::default()
+    };
+    let err = api_err(
+        tokens
+            .patch("born-revoked", &strict, &Patch::Merge(&typo))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 400);
+    assert!(
+        err.message.contains("unknown field \"spec.prodcut\""),
+        "{}",
+        err.message
+    );
+
     let mut bad = token("bad");
     bad.spec.product = "Not A Product".into();
     let err = api_err(
