@@ -61,11 +61,17 @@ impl Blobs {
                 region,
                 prefix,
                 allow_http,
+                credentials,
             } => {
                 let mut b = AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
                     .with_region(region)
                     .with_allow_http(*allow_http);
+                if let Some((id, secret)) = credentials {
+                    b = b
+                        .with_access_key_id(id)
+                        .with_secret_access_key(secret.expose());
+                }
                 if let Some(e) = endpoint {
                     b = b.with_endpoint(e).with_virtual_hosted_style_request(false);
                 }

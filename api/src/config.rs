@@ -112,6 +112,17 @@ pub struct Args {
     /// Key prefix inside the bucket.
     #[arg(long, global = true, env = "PRODGY_S3_PREFIX", default_value = "")]
     pub s3_prefix: String,
+    /// S3 access key id (else the usual AWS credential chain).
+    #[arg(long, global = true, env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
+    pub s3_access_key_id: Option<String>,
+    /// S3 secret access key.
+    #[arg(
+        long,
+        global = true,
+        env = "AWS_SECRET_ACCESS_KEY",
+        hide_env_values = true
+    )]
+    pub s3_secret_access_key: Option<String>,
     /// Allow a plain-http S3 endpoint (local MinIO).
     #[arg(
         long,
@@ -211,6 +222,8 @@ pub enum StoreConfig {
         prefix: String,
         /// Plain HTTP allowed.
         allow_http: bool,
+        /// Access key id and secret; `None`: the AWS credential chain.
+        credentials: Option<(String, Secret)>,
     },
 }
 
@@ -375,6 +388,12 @@ impl Args {
                 region: self.s3_region.clone(),
                 prefix: self.s3_prefix.trim_matches('/').to_owned(),
                 allow_http: self.s3_allow_http,
+                credentials: match (&self.s3_access_key_id, &self.s3_secret_access_key) {
+                    (Some(id), Some(secret)) if !id.is_empty() => {
+                        Some((id.clone(), Secret(secret.clone())))
+                    }
+                    _ => None,
+                },
             };
         }
         if self.max_upload_bytes == 0 || self.max_json_bytes == 0 || self.max_webhook_bytes == 0 {

@@ -637,3 +637,254 @@ async fn a_large_file_streams_through_bounded_memory() {
         "peak {peak} KiB vs baseline {baseline} KiB"
     );
 }
+
+/// A minimal S3 protocol endpoint (path-style): multipart upload, ranged
+/// GET, HEAD and DELETE, enough for the object-store client. Signatures are
+/// not checked; requests are recorded.
+mod fake_s3 {
+    use std::collections::{BTreeMap, HashMap};
+    use std::sync::{Arc, Mutex};
+
+    use axum::body::Body;
+    use axum::extract::Request;
+    use axum::http::{HeaderValue, Method, StatusCode};
+    use axum::response::Response;
+
+    #[derive(Default)]
+    pub struct Store {
+        pub objects: HashMap<String, Vec<u8>>,
+        pub uploads: HashMap<String, BTreeMap<u32, Vec<u8>>>,
+        pub log: Vec<String>,
+        pub authorized: bool,
+    }
+
+    pub type Shared = Arc<Mutex<Store>>;
+
+    fn query(req: &Request) -> HashMap<String, String> {
+        req.uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                (k.to_owned(), v.to_owned())
+            })
+            .collect()
+    }
+
+    fn reply(status: StatusCode, body: impl Into<Body>) -> Response {
+        let mut r = Response::new(body.into());
+        *r.status_mut() = status;
+        r
+    }
+
+    pub async fn handle(store: Shared, req: Request) -> Response {
+        let q = query(&req);
+        let method = req.method().clone();
+        let key = req.uri().path().trim_start_matches('/').to_owned();
+        let range = req
+            .headers()
+            .get("range")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let signed = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("AWS4-HMAC-SHA256 Credential=test-key/"));
+        let body = axum::body::to_bytes(req.into_body(), 64 << 20)
+            .await
+            .unwrap();
+        let mut s = store.lock().unwrap();
+        s.authorized |= signed;
+        let op = match (&method, q.contains_key("uploads"), q.get("uploadId")) {
+            (&Method::POST, true, _) => "create",
+            (&Method::PUT, _, Some(_)) => "part",
+            (&Method::POST, _, Some(_)) => "complete",
+            (&Method::DELETE, _, Some(_)) => "abort",
+            (&Method::GET, ..) => "get",
+            (&Method::HEAD, ..) => "head",
+            (&Method::DELETE, ..) => "delete",
+            _ => "other",
+        };
+        s.log.push(format!("{op} {key}"));
+        match op {
+            "create" => {
+                let id = format!("up-{}", s.uploads.len() + 1);
+                s.uploads.insert(id.clone(), BTreeMap::new());
+                reply(
+                    StatusCode::OK,
+                    format!(
+                        "<InitiateMultipartUploadResult><UploadId>{id}</UploadId></InitiateMultipartUploadResult>"
+                    ),
+                )
+            }
+            "part" => {
+                let n: u32 = q["partNumber"].parse().unwrap();
+                let Some(parts) = s.uploads.get_mut(&q["uploadId"]) else {
+                    return reply(StatusCode::NOT_FOUND, "");
+                };
+                parts.insert(n, body.to_vec());
+                let mut r = reply(StatusCode::OK, "");
+                r.headers_mut().insert(
+                    "etag",
+                    HeaderValue::from_str(&format!("\"part-{n}\"")).unwrap(),
+                );
+                r
+            }
+            "complete" => {
+                let parts = s.uploads.remove(&q["uploadId"]).unwrap();
+                let data: Vec<u8> = parts.into_values().flatten().collect();
+                s.objects.insert(key, data);
+                reply(
+                    StatusCode::OK,
+                    "<CompleteMultipartUploadResult><ETag>\"done\"</ETag></CompleteMultipartUploadResult>",
+                )
+            }
+            "abort" => {
+                s.uploads.remove(&q["uploadId"]);
+                reply(StatusCode::NO_CONTENT, "")
+            }
+            "delete" => {
+                s.objects.remove(&key);
+                reply(StatusCode::NO_CONTENT, "")
+            }
+            "get" | "head" => {
+                let Some(data) = s.objects.get(&key) else {
+                    return reply(
+                        StatusCode::NOT_FOUND,
+                        "<Error><Code>NoSuchKey</Code></Error>",
+                    );
+                };
+                let total = data.len();
+                let (status, slice) = match range.as_deref().and_then(|r| r.strip_prefix("bytes="))
+                {
+                    Some(spec) => {
+                        let (a, b) = spec.split_once('-').unwrap();
+                        let a: usize = a.parse().unwrap();
+                        let b: usize = b.parse::<usize>().map_or(total - 1, |b| b.min(total - 1));
+                        (StatusCode::PARTIAL_CONTENT, a..b + 1)
+                    }
+                    None => (StatusCode::OK, 0..total),
+                };
+                let len = slice.len();
+                let bytes = if op == "head" {
+                    Vec::new()
+                } else {
+                    data[slice.clone()].to_vec()
+                };
+                let mut r = reply(status, bytes);
+                let h = r.headers_mut();
+                h.insert("content-length", HeaderValue::from(len));
+                h.insert("etag", HeaderValue::from_static("\"done\""));
+                h.insert(
+                    "last-modified",
+                    HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+                );
+                if status == StatusCode::PARTIAL_CONTENT {
+                    h.insert(
+                        "content-range",
+                        HeaderValue::from_str(&format!(
+                            "bytes {}-{}/{total}",
+                            slice.start,
+                            slice.end - 1
+                        ))
+                        .unwrap(),
+                    );
+                }
+                r
+            }
+            _ => reply(StatusCode::BAD_REQUEST, ""),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_round_trip_through_an_s3_compatible_store() {
+    let store: fake_s3::Shared = Default::default();
+    let s3 = store.clone();
+    let app = axum::Router::new().fallback(move |req| fake_s3::handle(s3.clone(), req));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let env = Env::new(&Backend::Sqlite).await;
+    let mut config = env.config();
+    config.store = prodgy_api::config::StoreConfig::S3 {
+        bucket: "prodgy-files".into(),
+        endpoint: Some(endpoint),
+        region: "us-east-1".into(),
+        prefix: "tenant-x".into(),
+        allow_http: true,
+        credentials: Some((
+            "test-key".into(),
+            prodgy_api::config::Secret("test-secret".into()),
+        )),
+    };
+    let app = env.start_with(config).await;
+    assert_eq!(
+        reqwest::get(format!("{}/readyz", app.ops))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let api = app.client("acme");
+
+    // 12 MiB: three parts of at most 5 MiB.
+    let big: Vec<u8> = (0..12 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let r = api
+        .req(Method::PUT, "/api/knowledge-base/storage/big.bin")
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = api
+        .req(Method::PUT, "/api/knowledge-base/storage/note.txt")
+        .body("kept in a bucket")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    {
+        let s = store.lock().unwrap();
+        assert!(s.authorized, "requests are signed with the configured key");
+        let keys: Vec<&String> = s.objects.keys().collect();
+        assert_eq!(keys.len(), 2);
+        for k in &keys {
+            assert!(k.starts_with("prodgy-files/tenant-x/files/blb_"), "{k}");
+        }
+        let parts = s.log.iter().filter(|l| l.starts_with("part ")).count();
+        assert!(parts >= 4, "{:?}", s.log);
+        assert!(s.objects.values().any(|v| *v == big));
+    }
+    let body = api
+        .req(Method::GET, "/api/knowledge-base/storage/big.bin")
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(body[..] == big[..]);
+    let r = api
+        .req(Method::GET, "/api/knowledge-base/storage/big.bin")
+        .header("range", "bytes=10000000-10000009")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(&r.bytes().await.unwrap()[..], &big[10_000_000..10_000_010]);
+    let (_, hits) = api.get("/api/knowledge-base/search?q=bucket").await;
+    assert_eq!(hits["results"][0]["name"], "note.txt");
+    for name in ["big.bin", "note.txt"] {
+        let (s, _) = api
+            .delete(&format!("/api/knowledge-base/storage/{name}"))
+            .await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+    }
+    assert!(store.lock().unwrap().objects.is_empty());
+    server.abort();
+}
