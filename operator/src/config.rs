@@ -280,6 +280,13 @@ fn positive_std(flag: &'static str, text: &str) -> Result<Duration> {
             message: "must be longer than 0s".into(),
         });
     }
+    // Beyond ten years a value is surely a typo (and would overflow dates).
+    if d > Duration::from_secs(3650 * 86_400) {
+        return Err(Error::Config {
+            flag,
+            message: format!("{text:?} is too long (at most 3650d)"),
+        });
+    }
     Ok(d)
 }
 
@@ -384,6 +391,10 @@ mod tests {
         );
         assert_eq!(flag_of(parse(&["--reveal-window", "ten"])), "reveal-window");
         assert_eq!(flag_of(parse(&["--reveal-window", "0s"])), "reveal-window");
+        assert_eq!(
+            flag_of(parse(&["--reveal-window", "3651d"])),
+            "reveal-window"
+        );
         assert_eq!(
             flag_of(parse(&["--usage-report-retention", "2x"])),
             "usage-report-retention"

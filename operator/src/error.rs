@@ -59,6 +59,9 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
+    /// A metric could not be registered or rendered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
     /// Leadership was lost while reconciling.
     #[error("lost leadership: {0}")]
     Leadership(String),
@@ -82,6 +85,7 @@ impl Error {
             Error::Manifest { .. } => "manifest",
             Error::Io { .. } => "io",
             Error::Serve { .. } => "serve",
+            Error::Metrics(_) => "metrics",
             Error::Leadership(_) => "leadership",
         }
     }

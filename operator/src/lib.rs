@@ -8,8 +8,10 @@
 //! * [`lease`] elects one leader among replicas;
 //! * [`metrics`] serves `/metrics`, `/healthz` and `/readyz`;
 //! * [`offline`] issues a token into a file, for the no-cluster quickstart;
-//! * [`config`] turns flags into one validated [`config::Config`].
+//! * [`config`] turns flags into one validated [`config::Config`];
+//! * [`app`] wires it all into a process.
 
+pub mod app;
 pub mod config;
 pub mod controller;
 mod error;

@@ -67,6 +67,9 @@ pub mod reason {
     pub const INVALID_SPEC: &str = "InvalidSpec";
 }
 
+/// Longest accepted grace period: beyond it a spec is surely a typo.
+const MAX_GRACE: TimeDelta = TimeDelta::days(3650);
+
 /// Operator-wide settings the planner needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlanConfig {
@@ -405,9 +408,13 @@ pub fn plan(cfg: &PlanConfig, input: &Inputs<'_>) -> Result<Plan> {
         Some(text) => prodgy_crds::duration::parse(text)
             .ok()
             .and_then(|d| TimeDelta::from_std(d).ok())
+            .filter(|d| *d <= MAX_GRACE)
             .map(Some)
             .ok_or_else(|| {
-                format!("spec.regenerationGracePeriod {text:?} is not a usable duration")
+                format!(
+                    "spec.regenerationGracePeriod {text:?} is not a usable duration \
+                     (at most 3650d)"
+                )
             }),
     };
 
@@ -495,7 +502,9 @@ pub fn plan(cfg: &PlanConfig, input: &Inputs<'_>) -> Result<Plan> {
         // A regeneration: the superseded token lives on through the grace
         // period, counted from the new token's issue time (so a retried
         // pass computes the same instant).
-        let until = grace.filter(|g| *g > TimeDelta::zero()).map(|g| at + g);
+        let until = grace
+            .filter(|g| *g > TimeDelta::zero())
+            .map(|g| later(at, g));
         if let Some(until) = until.filter(|u| *u > now) {
             previous.insert(
                 0,
@@ -559,7 +568,7 @@ pub fn plan(cfg: &PlanConfig, input: &Inputs<'_>) -> Result<Plan> {
     let mut delete_delivery = None;
     let mut reveal_deadline = None;
     if mode == DeliveryMode::RevealOnce && delivery_kept {
-        let deadline = delivery_issued_at.unwrap_or(now) + cfg.reveal_window;
+        let deadline = later(delivery_issued_at.unwrap_or(now), cfg.reveal_window);
         // Only once the status durably records the issue, so that a lost
         // hashed Secret can still be rebuilt until then.
         if now >= deadline && status_durable && put_delivery.is_none() {
@@ -728,7 +737,7 @@ pub fn plan(cfg: &PlanConfig, input: &Inputs<'_>) -> Result<Plan> {
         let usage_only = same_but_usage == current;
         let next_allowed = input
             .last_usage_write
-            .map(|last| last + cfg.usage_status_interval);
+            .map(|last| later(last, cfg.usage_status_interval));
         match next_allowed {
             Some(at) if usage_only && now < at => {
                 requeue_at = Some(requeue_at.map_or(at, |r| r.min(at)));
@@ -864,6 +873,12 @@ pub fn plan(cfg: &PlanConfig, input: &Inputs<'_>) -> Result<Plan> {
         phase,
         newly_folded: folded.newly_folded,
     })
+}
+
+/// `at + d`, saturating at the end of time instead of panicking: a huge
+/// duration in a spec is bad input, not a reason to crash.
+pub fn later(at: DateTime<Utc>, d: TimeDelta) -> DateTime<Utc> {
+    at.checked_add_signed(d).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 fn entry_for(token: &Token, regeneration: i64) -> HashEntry {

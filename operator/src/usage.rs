@@ -73,7 +73,7 @@ pub fn fold(
             continue;
         }
         let count = entry.count.max(0);
-        let retire_at = report.spec.updated_at + retention;
+        let retire_at = crate::plan::later(report.spec.updated_at, retention);
         if now >= retire_at {
             // Step 1: move the count from the report into the ledger.
             next.base = next.base.saturating_add(count);
@@ -124,7 +124,7 @@ pub fn retirable(
 ) -> Vec<&UsageReport> {
     reports
         .iter()
-        .filter(|r| now >= r.spec.updated_at + retention)
+        .filter(|r| now >= crate::plan::later(r.spec.updated_at, retention))
         .filter(|r| {
             let Some(report) = r.metadata.name.as_deref() else {
                 return false;

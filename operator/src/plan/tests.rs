@@ -498,7 +498,16 @@ fn zero_grace_is_no_grace_and_a_bad_grace_blocks_the_regeneration() {
     w.pass(t(1));
     assert_eq!(w.record().hashes.len(), 1);
 
-    // Overflowing durations pass the CRD's pattern but cannot be used.
+    // Overflowing or absurd durations pass the CRD's pattern but are refused.
+    for absurd in ["99999999999999999999d", "9999999999d", "3651d"] {
+        let mut s = spec();
+        s.regeneration_grace_period = Some(absurd.into());
+        let mut w = World::new(s);
+        w.pass(t(0));
+        w.token.spec.regeneration = 1;
+        assert!(w.pass(t(1)).put_delivery.is_none(), "{absurd}");
+        assert_eq!(w.ready().reason, condition::REASON_INVALID_SPEC, "{absurd}");
+    }
     let mut s = spec();
     s.regeneration_grace_period = Some("99999999999999999999d".into());
     let mut w = World::new(s);
