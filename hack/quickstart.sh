@@ -53,9 +53,12 @@ stop() {
 trap 'stop 0' INT TERM
 trap 'kill -TERM "${pids[@]}" 2>/dev/null || true' EXIT
 
-# A fresh token each run: the record file is replaced, so the previous
-# quickstart token stops working.
-token=$("$bin/prodgy-operator" issue-offline --file "$manifest" --out-dir "$data/tokens")
+# A fresh token each run: issue-offline re-issues nothing for a record it
+# already wrote, and the previous run's plaintext is gone, so start over (the
+# previous quickstart token stops working).
+rm -f "$data"/tokens/*.json
+token=$("$bin/prodgy-operator" issue-offline --file "$manifest" --out-dir "$data/tokens" 2>"$data/logs/issue.log") \
+  || { cat "$data/logs/issue.log" >&2; exit 1; }
 token=$(printf '%s\n' "$token" | grep -E '^[A-Za-z0-9]+_[A-Za-z0-9]+$' | tail -n1)
 [ -n "$token" ] || { log "error: prodgy-operator issue-offline printed no token"; exit 1; }
 
