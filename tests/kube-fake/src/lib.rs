@@ -27,8 +27,10 @@
 //! ```
 //!
 //! # Harness API
-//! - Start/stop: [`FakeApiServer::start`], [`FakeApiServer::builder`]
-//!   (bookmark interval, history size); dropping the server shuts it down.
+//! - Start/stop: [`FakeApiServer::start`] (or `start_blocking`),
+//!   [`FakeApiServer::builder`] (bookmark interval, history size). The
+//!   server runs on its own thread and runtime, so a test may block while
+//!   a binary under test talks to it; dropping the server shuts it down.
 //! - Reaching it: [`FakeApiServer::url`], [`FakeApiServer::client`],
 //!   [`FakeApiServer::config`], [`FakeApiServer::kubeconfig_yaml`],
 //!   [`FakeApiServer::write_kubeconfig`].
@@ -110,12 +112,11 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde_json::Value;
-use tokio::task::JoinHandle;
 
 pub use error::{ApiError, Error, Result};
 
@@ -153,9 +154,17 @@ impl Builder {
         self
     }
 
-    /// Binds `127.0.0.1:0` and starts serving on the current Tokio runtime.
+    /// Binds `127.0.0.1:0` and starts serving (see [`Self::start_blocking`]).
     pub async fn start(self) -> Result<FakeApiServer> {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        self.start_blocking()
+    }
+
+    /// Binds `127.0.0.1:0` and starts serving on a thread with its own
+    /// Tokio runtime, so the server keeps answering while a test blocks
+    /// (say, running a binary synchronously) or from a non-async test.
+    pub fn start_blocking(self) -> Result<FakeApiServer> {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let (disconnect, _) = tokio::sync::watch::channel(0);
         let shared = Arc::new(Shared {
@@ -163,13 +172,52 @@ impl Builder {
             available: AtomicBool::new(true),
             overloaded: AtomicBool::new(false),
             disconnect,
+            disconnected: AtomicU64::new(0),
             denied: std::sync::Mutex::new(HashSet::new()),
             requests: std::sync::Mutex::new(HashMap::new()),
             bookmark_interval: self.bookmark_interval,
             addr,
         });
-        let task = tokio::spawn(server::serve(listener, Arc::clone(&shared)));
-        Ok(FakeApiServer { shared, task })
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
+        let serving = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name(format!("kube-fake-{}", addr.port()))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(()));
+                    tokio::select! {
+                        () = server::serve(listener, serving) => {}
+                        _ = stopped => {}
+                    }
+                });
+                // Dropping the runtime cancels every connection and watch.
+            })?;
+        ready_rx
+            .recv()
+            .map_err(|_| std::io::Error::other("the server thread exited at start"))??;
+        Ok(FakeApiServer {
+            shared,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
     }
 }
 
@@ -177,13 +225,19 @@ impl Builder {
 #[derive(Debug)]
 pub struct FakeApiServer {
     shared: Arc<Shared>,
-    task: JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for FakeApiServer {
     fn drop(&mut self) {
         self.shared.store().close_watches();
-        self.task.abort();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -206,11 +260,18 @@ impl FakeApiServer {
     ///
     /// # Panics
     /// If no loopback port can be bound; use [`Builder::start`] to handle that.
-    #[allow(clippy::expect_used)]
     pub async fn start() -> FakeApiServer {
+        Self::start_blocking()
+    }
+
+    /// [`Self::start`] for tests without an async runtime.
+    ///
+    /// # Panics
+    /// If no loopback port can be bound; use [`Builder::start_blocking`].
+    #[allow(clippy::expect_used)]
+    pub fn start_blocking() -> FakeApiServer {
         Builder::default()
-            .start()
-            .await
+            .start_blocking()
             .expect("bind a loopback port for the test API server")
     }
 
@@ -316,7 +377,7 @@ current-context: prodgy-kube-fake
         self.shared.available.store(available, Ordering::SeqCst);
         if !available {
             self.shared.store().close_watches();
-            self.shared.disconnect.send_modify(|n| *n += 1);
+            self.shared.drop_connections();
         }
     }
 
@@ -326,7 +387,7 @@ current-context: prodgy-kube-fake
     }
 
     /// `true`: every request is answered `503 Service Unavailable` (open
-    /// watches are cut). Note that `kube::Client` retries 503s itself with
+    /// watches are cut; idle connections stay open). Note that `kube::Client` retries 503s itself with
     /// a growing backoff (up to minutes), so a client call made meanwhile
     /// blocks rather than fails; use [`Self::set_available`] to make calls
     /// fail fast.
@@ -334,7 +395,6 @@ current-context: prodgy-kube-fake
         self.shared.overloaded.store(unavailable, Ordering::SeqCst);
         if unavailable {
             self.shared.store().close_watches();
-            self.shared.disconnect.send_modify(|n| *n += 1);
         }
     }
 

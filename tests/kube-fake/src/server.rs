@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     pub overloaded: AtomicBool,
     /// Bumped to drop every open connection (outage, shutdown).
     pub disconnect: watch::Sender<u64>,
+    /// The last `disconnect` value fully carried out.
+    pub disconnected: AtomicU64,
     pub denied: Mutex<HashSet<Denial>>,
     pub requests: Mutex<HashMap<(String, String), u64>>,
     pub bookmark_interval: Duration,
@@ -66,6 +68,21 @@ impl Shared {
                     (DenyScope::Namespace(_), None) => false,
                 }
         })
+    }
+
+    /// Drops every open connection and returns once they are closed.
+    pub fn drop_connections(&self) {
+        let mut target = 0;
+        self.disconnect.send_modify(|n| {
+            *n += 1;
+            target = *n;
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while self.disconnected.load(Ordering::SeqCst) < target
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     fn count_request(&self, verb: &str, resource: &str) {
@@ -127,7 +144,11 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 if changed.is_err() {
                     break;
                 }
+                let epoch = *disconnect.borrow_and_update();
                 conns.abort_all();
+                // Wait until every socket is really closed before saying so.
+                while conns.join_next().await.is_some() {}
+                shared.disconnected.store(epoch, Ordering::SeqCst);
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }

@@ -397,3 +397,59 @@ async fn service_unavailable_mode_and_shutdown_on_drop() {
     }
     assert!(cms.get("a").await.is_err());
 }
+
+/// The wire format seen by a plain blocking HTTP client, from a test with
+/// no async runtime at all (the server has its own thread).
+#[test]
+fn blocking_tests_see_chunked_newline_delimited_watch_events() {
+    use std::io::{BufRead, BufReader, Write};
+
+    let server = FakeApiServer::start_blocking();
+    server
+        .put_object(
+            "configmaps",
+            json!({"metadata": {"name": "raw", "namespace": "b"}}),
+        )
+        .unwrap();
+    let mut conn = std::net::TcpStream::connect(server.addr()).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    write!(
+        conn,
+        "GET /api/v1/namespaces/b/configmaps?watch=1&timeoutSeconds=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    .unwrap();
+    let mut reader = BufReader::new(conn);
+    let mut head = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        head.push(line.to_ascii_lowercase());
+    }
+    assert!(head[0].starts_with("http/1.1 200"), "{head:?}");
+    assert!(
+        head.iter()
+            .any(|h| h.starts_with("transfer-encoding: chunked")),
+        "{head:?}"
+    );
+    assert!(
+        head.iter()
+            .any(|h| h.starts_with("content-type: application/json")),
+        "{head:?}"
+    );
+    let mut size = String::new();
+    reader.read_line(&mut size).unwrap();
+    let mut chunk = String::new();
+    reader.read_line(&mut chunk).unwrap();
+    let event: serde_json::Value = serde_json::from_str(chunk.trim_end()).unwrap();
+    assert_eq!(event["type"], "ADDED");
+    assert_eq!(event["object"]["metadata"]["name"], "raw");
+    assert_eq!(event["object"]["kind"], "ConfigMap");
+    assert_eq!(
+        chunk.len(),
+        usize::from_str_radix(size.trim(), 16).unwrap(),
+        "one event per chunk"
+    );
+}
