@@ -6,7 +6,6 @@
 //! identity header names pingora copies, and takes no lock.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Instant;
 
@@ -24,42 +23,8 @@ use crate::auth::{self, Reason};
 use crate::cells::TokenCell;
 use crate::clock;
 use crate::index::Record;
-use crate::metrics::{Outcome, UpstreamError};
+use crate::metrics::{InFlight, Outcome, UpstreamError};
 use crate::state::State;
-
-/// Requests in flight, striped so the hot path does not share one line.
-static IN_FLIGHT: [PaddedI64; 8] = [const { PaddedI64(AtomicI64::new(0)) }; 8];
-
-#[repr(align(128))]
-struct PaddedI64(AtomicI64);
-
-/// Requests currently inside the proxy (from request header to the end of
-/// `logging`), for the drain on shutdown and the metric.
-pub fn in_flight() -> i64 {
-    IN_FLIGHT.iter().map(|p| p.0.load(Ordering::Relaxed)).sum()
-}
-
-/// Counts a request for as long as it lives.
-#[derive(Debug)]
-struct InFlight(&'static AtomicI64);
-
-impl InFlight {
-    fn new() -> Self {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        thread_local! {
-            static MINE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % 8;
-        }
-        let c = &IN_FLIGHT[MINE.with(|i| *i)].0;
-        c.fetch_add(1, Ordering::Relaxed);
-        Self(c)
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 /// Per-request state.
 #[derive(Debug)]
@@ -252,7 +217,7 @@ impl ProxyHttp for AuthProxy {
             rejected: None,
             cell: None,
             grant: None,
-            _in_flight: InFlight::new(),
+            _in_flight: InFlight::start(),
         }
     }
 

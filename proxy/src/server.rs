@@ -21,8 +21,9 @@ use prodgy_crds::UsageReport;
 
 use crate::config::{Config, Source, UsageConfig};
 use crate::index::{IndexWriter, ProductFilter};
+use crate::metrics::in_flight;
 use crate::ops::Ops;
-use crate::proxy::{AuthProxy, in_flight};
+use crate::proxy::AuthProxy;
 use crate::source::{self, SharedWriter};
 use crate::state::State;
 use crate::usage::{Reporter, new_epoch};
