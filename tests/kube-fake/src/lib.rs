@@ -95,9 +95,9 @@
 //! detection, strategic-merge list semantics, strategic merge on custom
 //! resources (rejected with 415, as the real server does), version
 //! conversion webhooks (served versions share one stored form), admission
-//! webhooks, protobuf, `Table` output, and namespaces that must exist
-//! before objects are created in them (only deletion of a namespace is
-//! modelled).
+//! webhooks, protobuf, `Table` output. Namespaces need not exist before
+//! objects are created in them unless [`Builder::require_namespaces`] is
+//! set.
 
 mod cel;
 mod error;
@@ -129,6 +129,7 @@ use types::ResourceType;
 pub struct Builder {
     bookmark_interval: Duration,
     history_limit: usize,
+    require_namespaces: bool,
 }
 
 impl Default for Builder {
@@ -136,6 +137,7 @@ impl Default for Builder {
         Builder {
             bookmark_interval: Duration::from_secs(5),
             history_limit: 10_000,
+            require_namespaces: false,
         }
     }
 }
@@ -154,6 +156,14 @@ impl Builder {
         self
     }
 
+    /// Refuse, like a real cluster, to create namespaced objects in a
+    /// namespace that does not exist (`404 namespaces "x" not found`).
+    /// Off by default, so tests need not create namespaces first.
+    pub fn require_namespaces(mut self, on: bool) -> Self {
+        self.require_namespaces = on;
+        self
+    }
+
     /// Binds `127.0.0.1:0` and starts serving (see [`Self::start_blocking`]).
     pub async fn start(self) -> Result<FakeApiServer> {
         self.start_blocking()
@@ -168,7 +178,7 @@ impl Builder {
         let addr = listener.local_addr()?;
         let (disconnect, _) = tokio::sync::watch::channel(0);
         let shared = Arc::new(Shared {
-            store: std::sync::Mutex::new(Store::new(self.history_limit)),
+            store: std::sync::Mutex::new(Store::new(self.history_limit, self.require_namespaces)),
             available: AtomicBool::new(true),
             overloaded: AtomicBool::new(false),
             disconnect,

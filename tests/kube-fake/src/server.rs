@@ -616,7 +616,11 @@ fn watch_response(
     let sel = selectors(&target.ty, query)?;
     let bookmarks = flag(query, "allowWatchBookmarks");
     let initial_events = flag(query, "sendInitialEvents");
-    let timeout = match query.get("timeoutSeconds").filter(|t| !t.is_empty()) {
+    // 0 or absent: no timeout of our own.
+    let timeout = match query
+        .get("timeoutSeconds")
+        .filter(|t| !t.is_empty() && t.as_str() != "0")
+    {
         Some(t) => Some(Duration::from_secs(t.parse().map_err(|_| {
             ApiError::bad_request(format!("invalid timeoutSeconds {t:?}"))
         })?)),

@@ -121,6 +121,8 @@ pub(crate) struct Store {
     /// Set for the duration of one write made with `fieldValidation=Strict`:
     /// unknown fields are an error instead of being pruned.
     pub strict_fields: bool,
+    /// Refuse to create objects in a namespace that does not exist.
+    pub require_namespaces: bool,
 }
 
 fn now() -> String {
@@ -208,7 +210,7 @@ fn without_rv(obj: &Value) -> Value {
 }
 
 impl Store {
-    pub fn new(history_limit: usize) -> Self {
+    pub fn new(history_limit: usize, require_namespaces: bool) -> Self {
         Store {
             rv: 1,
             registry: Registry::with_builtins(),
@@ -219,6 +221,7 @@ impl Store {
             watchers: Vec::new(),
             event_counts: HashMap::new(),
             strict_fields: false,
+            require_namespaces,
         }
     }
 
@@ -234,6 +237,7 @@ impl Store {
             watchers: Vec::new(),
             event_counts: HashMap::new(),
             strict_fields: self.strict_fields,
+            require_namespaces: self.require_namespaces,
         }
     }
 
@@ -615,6 +619,23 @@ impl Store {
                     Self::what(ty, &name)
                 ),
             ));
+        }
+        if let Some(ns) = &ns
+            && self.require_namespaces
+            && !self.objects.contains_key(&(
+                String::new(),
+                "namespaces".into(),
+                String::new(),
+                ns.clone(),
+            ))
+        {
+            return Err(
+                ApiError::not_found(format!("namespaces \"{ns}\" not found")).with_details(
+                    ns,
+                    "",
+                    "namespaces",
+                ),
+            );
         }
         meta.insert("name".into(), json!(name));
         meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));

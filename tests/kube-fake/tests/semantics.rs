@@ -879,3 +879,29 @@ async fn crds_applied_through_the_api_are_served_until_deleted() {
     assert_eq!((err.code, err.reason.as_str()), (404, "NotFound"));
     assert!(server.list_objects("apitokens.prodgy.io", None).is_empty());
 }
+
+#[tokio::test]
+async fn namespaces_can_be_required_to_exist() {
+    let server = FakeApiServer::builder()
+        .require_namespaces(true)
+        .start()
+        .await
+        .unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "later");
+    let err = api_err(
+        cms.create(&PostParams::default(), &cm("c", &[]))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        (err.code, err.message.as_str()),
+        (404, "namespaces \"later\" not found")
+    );
+    let nss: Api<Namespace> = Api::all(server.client());
+    let mut ns = Namespace::default();
+    ns.metadata.name = Some("later".into());
+    nss.create(&PostParams::default(), &ns).await.unwrap();
+    cms.create(&PostParams::default(), &cm("c", &[]))
+        .await
+        .unwrap();
+}
