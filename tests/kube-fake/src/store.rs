@@ -891,6 +891,12 @@ impl Store {
                 patch::merge(&mut new, &patch);
             }
         }
+        if !new.is_object() {
+            return Err(ApiError::invalid(format!(
+                "{} is invalid: the patch must leave an object",
+                Self::what(ty, name)
+            )));
+        }
         // The patched object keeps the stored resourceVersion unless the
         // patch itself names one, which then acts as a precondition.
         Ok((
@@ -947,6 +953,9 @@ impl Store {
         let mut obj = old.clone();
         if !old["metadata"]["deletionTimestamp"].is_string() {
             metadata_mut(&mut obj).insert("deletionTimestamp".into(), json!(now()));
+            if !obj["status"].is_object() {
+                obj["status"] = json!({});
+            }
             obj["status"]["phase"] = json!("Terminating");
             obj = self.emit(key, Change::Modified, obj, Some(old));
         }
@@ -1157,6 +1166,9 @@ impl Store {
     /// Harness: writes an object as given (no admission), creating or
     /// replacing it, with a new resourceVersion and a watch event.
     pub fn put_raw(&mut self, ty: &ResourceType, mut obj: Value) -> Result<Value, ApiError> {
+        if !obj.is_object() {
+            return Err(ApiError::bad_request("the object must be a JSON object"));
+        }
         let name = meta_str(&obj, "name")
             .ok_or_else(|| ApiError::bad_request("metadata.name is required"))?
             .to_string();

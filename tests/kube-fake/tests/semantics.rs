@@ -905,3 +905,136 @@ async fn namespaces_can_be_required_to_exist() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn malformed_requests_get_clear_errors() {
+    let server = server_with_crds().await;
+    let client = server.client();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    cms.create(&PostParams::default(), &cm("m", &[]))
+        .await
+        .unwrap();
+    let send = |method: &str, path: &str, ctype: &str, body: &str| {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", ctype)
+            .body(body.as_bytes().to_vec())
+            .unwrap();
+        let client = client.clone();
+        async move { api_err(client.request::<serde_json::Value>(req).await.unwrap_err()) }
+    };
+    let cm_path = "/api/v1/namespaces/default/configmaps/m";
+    let cases = [
+        (
+            "PATCH",
+            cm_path,
+            "application/merge-patch+json",
+            "\"text\"",
+            422,
+        ),
+        (
+            "PATCH",
+            cm_path,
+            "application/json-patch+json",
+            r#"[{"op":"replace","path":"","value":[1]}]"#,
+            422,
+        ),
+        (
+            "PATCH",
+            cm_path,
+            "application/json-patch+json",
+            r#"{"op":"add"}"#,
+            400,
+        ),
+        ("PATCH", cm_path, "text/plain", "{}", 415),
+        (
+            "PATCH",
+            cm_path,
+            "application/merge-patch+json",
+            "{not json",
+            400,
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            "application/json",
+            "[]",
+            400,
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            "application/json",
+            r#"{"kind":"Secret","metadata":{"name":"x"}}"#,
+            400,
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            "application/json",
+            r#"{"metadata":{"name":"x","namespace":"other"}}"#,
+            400,
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            "application/json",
+            r#"{"metadata":{"name":"x","resourceVersion":"5"}}"#,
+            500,
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/default/secrets",
+            "application/json",
+            r#"{"metadata":{"name":"x"},"data":{"k":"%%%"}}"#,
+            400,
+        ),
+        (
+            "PUT",
+            cm_path,
+            "application/json",
+            r#"{"metadata":{"name":"other"}}"#,
+            400,
+        ),
+        (
+            "GET",
+            "/api/v1/namespaces/default/configmaps?labelSelector=a%20in%20b",
+            "application/json",
+            "",
+            400,
+        ),
+        (
+            "GET",
+            "/api/v1/namespaces/default/nothings",
+            "application/json",
+            "",
+            404,
+        ),
+        (
+            "GET",
+            "/apis/prodgy.io/v2/namespaces/default/apitokens",
+            "application/json",
+            "",
+            404,
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/default/configmaps/m",
+            "application/json",
+            "{}",
+            405,
+        ),
+    ];
+    for (method, path, ctype, body, code) in cases {
+        let status = send(method, path, ctype, body).await;
+        assert_eq!(
+            status.code, code,
+            "{method} {path} {body}: {}",
+            status.message
+        );
+        assert!(!status.message.is_empty());
+    }
+    // Still serving, object untouched.
+    assert!(cms.get("m").await.unwrap().data.is_none());
+}
