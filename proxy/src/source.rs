@@ -359,6 +359,40 @@ pub async fn apply_event(writer: &SharedWriter, st: &mut WatchState, event: Even
     }
 }
 
+/// Reconnect delays of the watch: 100 ms doubling to 1 s. The cap keeps a
+/// revocation made just after an API outage from waiting out a long backoff
+/// (kube's default grows to 30 s).
+#[derive(Debug, Clone)]
+pub struct WatchBackoff {
+    next: Duration,
+}
+
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        Self {
+            next: BACKOFF_START,
+        }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        let d = self.next;
+        self.next = (d * 2).min(BACKOFF_MAX);
+        Some(d)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = BACKOFF_START;
+    }
+}
+
 /// Watches hashed Secrets in `namespace` and keeps the index in step; probes
 /// the API every `probe_interval` so staleness stays meaningful while no
 /// events arrive. Runs until the process ends.
@@ -371,7 +405,9 @@ pub async fn run_kube(
     let api: Api<Secret> = Api::namespaced(client, &namespace);
     let selector = format!("{HASHED_LABEL}={HASHED_LABEL_VALUE}");
     let cfg = watcher::Config::default().labels(&selector);
-    let mut events = watcher::watcher(api.clone(), cfg).default_backoff().boxed();
+    let mut events = watcher::watcher(api.clone(), cfg)
+        .backoff(WatchBackoff::default())
+        .boxed();
     let mut st = WatchState::default();
     let mut probe = tokio::time::interval(probe_interval.max(Duration::from_millis(100)));
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -403,8 +439,13 @@ pub async fn run_kube(
                     continue;
                 }
                 match api.list_metadata(&ListParams::default().labels(&selector).limit(1)).await {
-                    Ok(_) if !failing => lock(&writer).index().sync.touch(clock::unix_ms()),
-                    Ok(_) => {}
+                    Ok(_) => {
+                        if failing {
+                            tracing::info!("Kubernetes API reachable again");
+                            failing = false;
+                        }
+                        lock(&writer).index().sync.touch(clock::unix_ms());
+                    }
                     Err(e) => {
                         lock(&writer).index().sync.source_error();
                         if !failing {
@@ -451,6 +492,16 @@ mod tests {
             Arc::new(Index::default()),
             ProductFilter::default(),
         )))
+    }
+
+    #[test]
+    fn watch_backoff_doubles_to_a_one_second_cap_and_resets() {
+        use kube::runtime::utils::Backoff as _;
+        let mut b = WatchBackoff::default();
+        let first: Vec<u64> = b.by_ref().take(6).map(|d| d.as_millis() as u64).collect();
+        assert_eq!(first, [100, 200, 400, 800, 1000, 1000]);
+        b.reset();
+        assert_eq!(b.next(), Some(Duration::from_millis(100)));
     }
 
     #[test]

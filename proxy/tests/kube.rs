@@ -1,0 +1,403 @@
+//! The Kubernetes source and usage reports against the Kubernetes API test
+//! server (`prodgy-kube-fake`), with the real binary using a kubeconfig.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr
+)]
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, PostParams};
+use prodgy_crds::{HashEntry, RecordState, Token, UsageReport};
+use prodgy_kube_fake::FakeApiServer;
+use support::*;
+
+const NS: &str = "prodgy-tokens";
+
+struct Cluster {
+    server: FakeApiServer,
+    secrets: Api<Secret>,
+    kubeconfig: std::path::PathBuf,
+    /// Secret requests the test itself made: (get, create, update).
+    own: std::sync::Mutex<(u64, u64, u64)>,
+    _dir: tempfile::TempDir,
+}
+
+async fn cluster() -> Cluster {
+    let server = FakeApiServer::start().await;
+    server.register_prodgy_crds().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig).unwrap();
+    let secrets = Api::namespaced(server.client(), NS);
+    Cluster {
+        server,
+        secrets,
+        kubeconfig,
+        own: std::sync::Mutex::new((0, 0, 0)),
+        _dir: dir,
+    }
+}
+
+impl Cluster {
+    /// Creates or replaces the hashed Secret of a token, as the operator does.
+    async fn apply(&self, t: &prodgy_crds::HashedRecord) {
+        let mut s = t.to_secret(NS).unwrap();
+        let name = s.metadata.name.clone().unwrap();
+        self.own.lock().unwrap().0 += 1;
+        match self.secrets.get_opt(&name).await.unwrap() {
+            Some(old) => {
+                self.own.lock().unwrap().2 += 1;
+                s.metadata.resource_version = old.metadata.resource_version;
+                self.secrets
+                    .replace(&name, &PostParams::default(), &s)
+                    .await
+                    .unwrap();
+            }
+            None => {
+                self.own.lock().unwrap().1 += 1;
+                self.secrets
+                    .create(&PostParams::default(), &s)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
+    async fn proxy(&self, up: &Upstream, extra: &[&str], wait: bool) -> Proxy {
+        let mut b = ProxyBuilder::kube(up.addr, &self.kubeconfig);
+        for a in extra {
+            b = b.arg(*a);
+        }
+        if !wait {
+            b = b.no_wait();
+        }
+        tokio::task::spawn_blocking(move || b.start())
+            .await
+            .unwrap()
+    }
+}
+
+async fn code(p: &Proxy, auth: &str) -> String {
+    let resp = client()
+        .get(p.url("/api/agent-base"))
+        .header("authorization", auth)
+        .send()
+        .await
+        .unwrap();
+    if resp.status() == 200 {
+        return "ok".into();
+    }
+    let v: serde_json::Value = resp.json().await.unwrap_or_default();
+    v["error"]["code"].as_str().unwrap_or("").to_owned()
+}
+
+/// Applies a change and measures until the proxy answers `want`.
+async fn propagation(
+    c: &Cluster,
+    p: &Proxy,
+    record: &prodgy_crds::HashedRecord,
+    auth: &str,
+    want: &str,
+) -> Duration {
+    c.apply(record).await;
+    eventually(Duration::from_secs(5), || async {
+        code(p, auth).await == want
+    })
+    .await
+    .unwrap_or_else(|| panic!("{want} never seen"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_deactivate_and_regenerate_reach_the_proxy_within_a_second() {
+    let c = cluster().await;
+    let up = Upstream::start().await;
+    let a = issue("team-a", "ci", "acme");
+    let b = issue("team-a", "deploy", "acme");
+    let r = issue("team-a", "rotating", "acme");
+    for t in [&a, &b, &r] {
+        c.apply(&t.record).await;
+    }
+    let p = c.proxy(&up, &[], true).await;
+    for t in [&a, &b, &r] {
+        assert_eq!(code(&p, &t.bearer()).await, "ok");
+    }
+    assert_eq!(p.metric("prodgy_proxy_tokens_loaded"), Some(3.0));
+
+    let mut revoked = a.record.clone();
+    revoked.state = RecordState::Revoked;
+    let t_revoke = propagation(&c, &p, &revoked, &a.bearer(), "revoked_token").await;
+
+    let mut inactive = b.record.clone();
+    inactive.state = RecordState::Inactive;
+    let t_deactivate = propagation(&c, &p, &inactive, &b.bearer(), "inactive_token").await;
+    let t_activate = propagation(&c, &p, &b.record, &b.bearer(), "ok").await;
+
+    let fresh = Token::generate("prod").unwrap();
+    let mut regenerated = r.record.clone();
+    regenerated.hashes = vec![HashEntry {
+        sha256: fresh.hash().to_hex(),
+        regeneration: 1,
+        not_after: None,
+    }];
+    let t_regen = propagation(&c, &p, &regenerated, &r.bearer(), "unknown_token").await;
+    assert_eq!(code(&p, &format!("Bearer {}", fresh.expose())).await, "ok");
+
+    eprintln!(
+        "propagation: revoke {t_revoke:?}, deactivate {t_deactivate:?}, activate {t_activate:?}, regenerate {t_regen:?}"
+    );
+    for (what, t) in [
+        ("revoke", t_revoke),
+        ("deactivate", t_deactivate),
+        ("activate", t_activate),
+        ("regenerate", t_regen),
+    ] {
+        assert!(t < Duration::from_secs(1), "{what} took {t:?}");
+    }
+    // Least privilege in practice: the proxy only lists and watches Secrets.
+    let (get, create, update) = *c.own.lock().unwrap();
+    assert_eq!(c.server.request_count("get", "secrets"), get);
+    assert_eq!(c.server.request_count("create", "secrets"), create);
+    assert_eq!(c.server.request_count("update", "secrets"), update);
+    for verb in ["patch", "delete"] {
+        assert_eq!(
+            c.server.request_count(verb, "secrets"),
+            0,
+            "proxy used {verb} on secrets"
+        );
+    }
+    assert!(c.server.request_count("watch", "secrets") >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_outage_keeps_the_last_state_and_staleness_grows() {
+    let c = cluster().await;
+    let up = Upstream::start().await;
+    let a = issue("ns", "a", "acme");
+    c.apply(&a.record).await;
+    let p = c.proxy(&up, &[], true).await;
+    assert_eq!(code(&p, &a.bearer()).await, "ok");
+    assert!(p.metric("prodgy_proxy_index_staleness_seconds").unwrap() < 1.0);
+
+    c.server.set_available(false);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let stale1 = p.metric("prodgy_proxy_index_staleness_seconds").unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stale2 = p.metric("prodgy_proxy_index_staleness_seconds").unwrap();
+    assert!(
+        stale1 >= 1.0 && stale2 > stale1,
+        "staleness {stale1} then {stale2}"
+    );
+    assert!(p.metric("prodgy_proxy_index_source_errors_total").unwrap() >= 1.0);
+    assert_eq!(
+        code(&p, &a.bearer()).await,
+        "ok",
+        "last known state not enforced"
+    );
+    let unknown = format!("Bearer {}", Token::generate("prod").unwrap().expose());
+    assert_eq!(code(&p, &unknown).await, "unknown_token", "failed open");
+    assert_eq!(p.readyz(), 200);
+
+    c.server.set_available(true);
+    eventually(Duration::from_secs(10), || async {
+        p.metric("prodgy_proxy_index_staleness_seconds").unwrap() < 1.0
+    })
+    .await
+    .expect("staleness never recovered");
+    let mut revoked = a.record.clone();
+    revoked.state = RecordState::Revoked;
+    propagation(&c, &p, &revoked, &a.bearer(), "revoked_token").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_start_without_the_api_is_never_ready_and_never_200() {
+    let c = cluster().await;
+    let up = Upstream::start().await;
+    let a = issue("ns", "a", "acme");
+    c.apply(&a.record).await;
+    c.server.set_available(false);
+    let p = c.proxy(&up, &[], false).await;
+    for _ in 0..10 {
+        assert_eq!(p.readyz(), 503);
+        assert_eq!(code(&p, &a.bearer()).await, "unknown_token");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert_eq!(up.count(), 0);
+    assert_eq!(p.metric("prodgy_proxy_index_ready"), Some(0.0));
+
+    // A kubeconfig pointing nowhere behaves the same.
+    let dead = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let yaml = c
+        .server
+        .kubeconfig_yaml()
+        .replace(&c.server.url(), &format!("http://127.0.0.1:{port}"));
+    std::fs::write(dead.path().join("kc"), yaml).unwrap();
+    let (u, kc) = (up.addr, dead.path().join("kc"));
+    let p2 = tokio::task::spawn_blocking(move || ProxyBuilder::kube(u, &kc).no_wait().start())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(p2.readyz(), 503);
+    assert_eq!(code(&p2, &a.bearer()).await, "unknown_token");
+
+    c.server.set_available(true);
+    p.wait_ready(Duration::from_secs(15));
+    assert_eq!(code(&p, &a.bearer()).await, "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relist_drops_tokens_deleted_while_the_watch_was_down() {
+    let c = cluster().await;
+    let up = Upstream::start().await;
+    let a = issue("ns", "a", "acme");
+    let b = issue("ns", "b", "acme");
+    c.apply(&a.record).await;
+    c.apply(&b.record).await;
+    let p = c.proxy(&up, &[], true).await;
+    assert_eq!(code(&p, &b.bearer()).await, "ok");
+    let syncs = p.metric("prodgy_proxy_index_full_syncs_total").unwrap();
+
+    // The watch misses the deletion and the history is gone: only a relist
+    // can tell the proxy.
+    c.server.set_available(false);
+    let name = prodgy_crds::HashedRecord::secret_name(&b.record.uid);
+    c.server.delete_object("secrets", Some(NS), &name).unwrap();
+    c.server.compact_history();
+    assert_eq!(
+        code(&p, &b.bearer()).await,
+        "ok",
+        "state kept while the API is down"
+    );
+    c.server.set_available(true);
+    eventually(Duration::from_secs(10), || async {
+        code(&p, &b.bearer()).await == "unknown_token"
+    })
+    .await
+    .expect("deleted token survived the relist");
+    assert_eq!(code(&p, &a.bearer()).await, "ok");
+    assert!(p.metric("prodgy_proxy_index_full_syncs_total").unwrap() > syncs);
+    assert_eq!(p.metric("prodgy_proxy_tokens_loaded"), Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_hashed_secrets_are_skipped_and_counted() {
+    let c = cluster().await;
+    let up = Upstream::start().await;
+    let a = issue("ns", "a", "acme");
+    c.apply(&a.record).await;
+    let mut broken = issue("ns", "broken", "acme").record;
+    broken.version = 99;
+    c.apply(&broken).await;
+    let p = c.proxy(&up, &[], true).await;
+    assert_eq!(code(&p, &a.bearer()).await, "ok");
+    assert_eq!(p.metric("prodgy_proxy_index_invalid_records"), Some(1.0));
+    assert!(p.logs().contains("skipping invalid hashed Secret"));
+    // An update that breaks a working token removes it (fail closed).
+    let mut bad_a = a.record.clone();
+    bad_a.hashes[0].sha256 = "zz".into();
+    c.apply(&bad_a).await;
+    eventually(Duration::from_secs(3), || async {
+        code(&p, &a.bearer()).await == "unknown_token"
+    })
+    .await
+    .expect("broken update kept the token");
+    assert_eq!(p.metric("prodgy_proxy_index_invalid_records"), Some(2.0));
+}
+
+fn reports(c: &Cluster) -> Vec<UsageReport> {
+    c.server
+        .list_objects("usagereports.prodgy.io", Some(NS))
+        .into_iter()
+        .map(|v| serde_json::from_value(v).unwrap())
+        .collect()
+}
+
+fn count_in(reports: &[UsageReport], uid: &str) -> i64 {
+    reports
+        .iter()
+        .filter_map(|r| r.spec.tokens.get(uid))
+        .map(|t| t.count)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_reports_are_written_periodically_and_flushed_on_sigterm() {
+    let c = cluster().await;
+    let up = Upstream::start().await;
+    let a = issue("team-a", "ci", "acme");
+    let b = issue("team-b", "bot", "acme");
+    c.apply(&a.record).await;
+    c.apply(&b.record).await;
+    let mut p = c
+        .proxy(
+            &up,
+            &[
+                "--usage-reports",
+                "--usage-flush-interval=1s",
+                "--replica=Pod_A",
+            ],
+            true,
+        )
+        .await;
+    for _ in 0..3 {
+        assert_eq!(code(&p, &a.bearer()).await, "ok");
+    }
+    assert_eq!(code(&p, &b.bearer()).await, "ok");
+    // Refused requests are not usage.
+    let mut rev = b.record.clone();
+    rev.state = RecordState::Revoked;
+    propagation(&c, &p, &rev, &b.bearer(), "revoked_token").await;
+
+    eventually(Duration::from_secs(5), || async {
+        count_in(&reports(&c), &a.record.uid) == 3
+    })
+    .await
+    .expect("periodic report never written");
+    let rs = reports(&c);
+    assert_eq!(rs.len(), 1);
+    let r = &rs[0];
+    let name = r.metadata.name.clone().unwrap();
+    assert!(name.starts_with("pod-a-") && name.ends_with("-0"), "{name}");
+    assert_eq!((r.spec.replica.as_str(), r.spec.shard), ("Pod_A", 0));
+    assert_eq!(
+        r.metadata.labels.as_ref().unwrap()[prodgy_crds::usage::REPORT_LABEL],
+        "true"
+    );
+    let ta = &r.spec.tokens[&a.record.uid];
+    assert_eq!((ta.namespace.as_str(), ta.name.as_str()), ("team-a", "ci"));
+    assert_eq!(r.spec.tokens[&b.record.uid].count, 1);
+    let first_update = r.spec.updated_at;
+
+    // Idle reports keep their heartbeat.
+    eventually(Duration::from_secs(5), || async {
+        reports(&c)[0].spec.updated_at > first_update
+    })
+    .await
+    .expect("no heartbeat");
+
+    // Two more calls, then SIGTERM before the next interval could fire.
+    for _ in 0..2 {
+        assert_eq!(code(&p, &a.bearer()).await, "ok");
+    }
+    let st = tokio::task::spawn_blocking(move || p.terminate(Duration::from_secs(15)))
+        .await
+        .unwrap();
+    assert!(st.expect("did not exit").success());
+    let rs = reports(&c);
+    assert_eq!(count_in(&rs, &a.record.uid), 5, "final flush missing");
+    assert_eq!(rs.len(), 1, "the epoch kept one report name");
+    // The proxy never wrote ApiTokens.
+    for verb in ["create", "update", "patch", "delete"] {
+        assert_eq!(
+            c.server.request_count(verb, "apitokens"),
+            0,
+            "{verb} on apitokens"
+        );
+    }
+}

@@ -1,0 +1,63 @@
+//! Process lifecycle: SIGTERM drains in-flight requests, then exits.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_then_exits() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.json");
+    let t = issue("ns", "slow", "acme");
+    write_records(&path, &[&t.record]);
+    let (u, p2) = (up.addr, path.clone());
+    let mut proxy = tokio::task::spawn_blocking(move || ProxyBuilder::file(u, &p2).start())
+        .await
+        .unwrap();
+
+    // A request that takes 1.5 s upstream is in flight when SIGTERM arrives.
+    let url = proxy.url("/api/agent-base?delay_ms=1500");
+    let auth = t.bearer();
+    let in_flight = tokio::spawn(async move {
+        let resp = client()
+            .get(url)
+            .header("authorization", auth)
+            .send()
+            .await
+            .unwrap();
+        (
+            resp.status().as_u16(),
+            resp.text().await.unwrap(),
+            Instant::now(),
+        )
+    });
+    eventually(Duration::from_secs(3), || async { up.count() == 1 })
+        .await
+        .expect("request never reached upstream");
+    let addr = proxy.addr;
+    let (exit, exited_at) = tokio::task::spawn_blocking(move || {
+        let st = proxy.terminate(Duration::from_secs(15));
+        (st, Instant::now())
+    })
+    .await
+    .unwrap();
+    let (status, body, finished_at) = in_flight.await.unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"ok":true}"#),
+        "in-flight request was cut"
+    );
+    assert!(exit.expect("did not exit").success());
+    assert!(
+        finished_at <= exited_at,
+        "exited before the request finished"
+    );
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "still accepting after shutdown"
+    );
+}
