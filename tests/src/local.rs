@@ -1,6 +1,8 @@
-//! The no-cluster quickstart, driven the way a user drives it: run
-//! `hack/quickstart.sh` with the cargo-built binaries on free loopback ports,
-//! read the token it prints, and stop it with Ctrl-C (SIGINT).
+//! The real binaries on loopback. [`Quickstart`] drives the no-cluster
+//! quickstart the way a user does: `hack/quickstart.sh` with the cargo-built
+//! binaries on free ports, its printed token, Ctrl-C. [`LocalCluster`] runs
+//! the operator, proxy and API against the Kubernetes API test server, for
+//! the end-to-end scenarios without kind.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -10,6 +12,11 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+use prodgy_kube_fake::FakeApiServer;
+use tempfile::TempDir;
+
+use crate::caller::Caller;
+use crate::cluster::{Cluster, MetricsSource};
 
 const BINARIES: [&str; 3] = ["prodgy-operator", "prodgy-proxy", "prodgy-api"];
 
@@ -21,9 +28,11 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// Where the operator, proxy and API binaries are: `PRODGY_BIN_DIR`, else
-/// the cargo profile directory this test was built into. Under nextest the
-/// binaries are (re)built first, which is a no-op when they are fresh; under
-/// `cargo test` (which holds the build lock) they must already exist.
+/// the cargo profile directory this test was built into. A workspace test
+/// build (`make test`, CI) has just built them there with the workspace's
+/// features, so when they are newer than their sources they are used as
+/// they are; otherwise, under nextest, they are built first (under
+/// `cargo test`, which holds the build lock, they must already be fresh).
 pub fn binaries() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("PRODGY_BIN_DIR") {
         return Ok(PathBuf::from(dir));
@@ -35,7 +44,9 @@ pub fn binaries() -> Result<PathBuf> {
         .and_then(Path::parent)
         .ok_or_else(|| anyhow!("unexpected test binary path {}", exe.display()))?
         .to_path_buf();
-    let missing = || BINARIES.iter().any(|b| !profile_dir.join(b).is_file());
+    if fresh(&profile_dir) {
+        return Ok(profile_dir);
+    }
     if std::env::var_os("NEXTEST").is_some() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_owned());
         let mut cmd = Command::new(cargo);
@@ -49,15 +60,56 @@ pub fn binaries() -> Result<PathBuf> {
         if !status.success() {
             bail!("cargo build of {BINARIES:?} failed ({status})");
         }
-    }
-    if missing() {
+    } else {
         bail!(
-            "{BINARIES:?} are not built in {}: run `cargo build -p prodgy-operator -p prodgy-proxy \
-             -p prodgy-api`, or run the tests with cargo nextest, which builds them",
+            "{BINARIES:?} in {} are missing or older than their sources: run `cargo build \
+             -p prodgy-operator -p prodgy-proxy -p prodgy-api`, or run the tests with cargo \
+             nextest, which builds them",
             profile_dir.display()
         );
     }
     Ok(profile_dir)
+}
+
+/// Whether every binary exists and is newer than every source it is built
+/// from (the crates' sources and manifests, the API's migrations, the lock).
+fn fresh(profile_dir: &Path) -> bool {
+    let root = workspace_root();
+    let Some(oldest_bin) = BINARIES
+        .iter()
+        .map(|b| mtime(&profile_dir.join(b)))
+        .collect::<Option<Vec<_>>>()
+        .and_then(|v| v.into_iter().min())
+    else {
+        return false;
+    };
+    let sources = ["operator", "proxy", "api", "crds"]
+        .iter()
+        .flat_map(|c| [root.join(c).join("src"), root.join(c).join("Cargo.toml")])
+        .chain([
+            root.join("api/migrations"),
+            root.join("Cargo.toml"),
+            root.join("Cargo.lock"),
+        ]);
+    let mut newest = std::time::SystemTime::UNIX_EPOCH;
+    for path in sources {
+        newest = newest.max(newest_under(&path));
+    }
+    newest < oldest_bin
+}
+
+fn mtime(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+fn newest_under(path: &Path) -> std::time::SystemTime {
+    let mut newest = mtime(path).unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for e in entries.flatten() {
+            newest = newest.max(newest_under(&e.path()));
+        }
+    }
+    newest
 }
 
 /// A port nothing listens on right now.
@@ -192,4 +244,194 @@ fn signal(pid: u32, name: &str) -> Result<()> {
         bail!("kill -{name} {pid} failed");
     }
     Ok(())
+}
+
+/// The chart's topology on loopback: the operator, the proxy (Kubernetes
+/// source, usage reports) and the API binaries against the Kubernetes API
+/// test server, for the end-to-end scenarios where there is no kind.
+#[derive(Debug)]
+pub struct LocalCluster {
+    /// The Kubernetes API.
+    pub server: FakeApiServer,
+    procs: Vec<Proc>,
+    /// Base URL of the proxy.
+    pub proxy: String,
+    /// Base URL of the proxy's metrics listener.
+    pub proxy_metrics: String,
+    dir: TempDir,
+}
+
+#[derive(Debug)]
+struct Proc {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+/// Namespace the operator's Lease lives in, as the release namespace would.
+pub const RELEASE_NAMESPACE: &str = "prodgy";
+/// Namespace of hashed Secrets and UsageReports.
+pub const TOKENS_NAMESPACE: &str = "prodgy-tokens";
+
+impl LocalCluster {
+    /// Starts the API server and the three binaries, and waits until each
+    /// answers `/readyz` (the proxy only after its first full sync).
+    pub async fn start() -> Result<Self> {
+        let bin = binaries()?;
+        let server = FakeApiServer::start().await;
+        server
+            .register_prodgy_crds()
+            .context("registering the CRDs")?;
+        let dir = tempfile::tempdir()?;
+        let kubeconfig = dir.path().join("kubeconfig");
+        server.write_kubeconfig(&kubeconfig)?;
+        let [operator_port, api, ops, proxy, proxy_metrics] = [
+            free_port()?,
+            free_port()?,
+            free_port()?,
+            free_port()?,
+            free_port()?,
+        ];
+        let kube_env = [
+            ("KUBECONFIG", kubeconfig.display().to_string()),
+            ("POD_NAMESPACE", RELEASE_NAMESPACE.to_owned()),
+        ];
+        let mut me = Self {
+            server,
+            procs: Vec::new(),
+            proxy: format!("http://127.0.0.1:{proxy}"),
+            proxy_metrics: format!("http://127.0.0.1:{proxy_metrics}"),
+            dir,
+        };
+        me.spawn(
+            "prodgy-operator",
+            &bin,
+            &[
+                format!("--hashed-secret-namespace={TOKENS_NAMESPACE}"),
+                format!("--metrics-addr=127.0.0.1:{operator_port}"),
+                "--usage-status-interval=1s".into(),
+                "--identity=operator-0".into(),
+                "--log-format=text".into(),
+            ],
+            &kube_env,
+        )?;
+        me.spawn(
+            "prodgy-api",
+            &bin,
+            &[
+                format!("--listen=127.0.0.1:{api}"),
+                format!("--ops-listen=127.0.0.1:{ops}"),
+                format!("--data-dir={}", me.dir.path().join("api").display()),
+                "--log-format=text".into(),
+            ],
+            &[],
+        )?;
+        me.spawn(
+            "prodgy-proxy",
+            &bin,
+            &[
+                format!("--listen=127.0.0.1:{proxy}"),
+                format!("--upstream=127.0.0.1:{api}"),
+                format!("--metrics-addr=127.0.0.1:{proxy_metrics}"),
+                "--source=kubernetes".into(),
+                format!("--hashed-secret-namespace={TOKENS_NAMESPACE}"),
+                "--usage-reports".into(),
+                "--usage-flush-interval=1s".into(),
+                "--replica=proxy-0".into(),
+                "--log-format=text".into(),
+            ],
+            &kube_env,
+        )?;
+        for port in [operator_port, ops, proxy_metrics] {
+            me.wait_ready(&format!("http://127.0.0.1:{port}/readyz"))
+                .await?;
+        }
+        Ok(me)
+    }
+
+    /// The cluster the scenarios run in.
+    pub fn cluster(&self) -> Result<Cluster> {
+        Ok(Cluster {
+            client: self.server.try_client()?,
+            caller: Caller::new(&self.proxy)?,
+            release_namespace: RELEASE_NAMESPACE.to_owned(),
+            tokens_namespace: TOKENS_NAMESPACE.to_owned(),
+            metrics: MetricsSource::Urls(vec![format!("{}/metrics", self.proxy_metrics)]),
+            expiry_lead: Duration::from_secs(5),
+        })
+    }
+
+    fn spawn(
+        &mut self,
+        name: &'static str,
+        bin: &Path,
+        args: &[String],
+        env: &[(&str, String)],
+    ) -> Result<()> {
+        let log = self.dir.path().join(format!("{name}.log"));
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new(bin.join(name))
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v)))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        self.procs.push(Proc { name, child, log });
+        Ok(())
+    }
+
+    async fn wait_ready(&mut self, url: &str) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = reqwest::get(url).await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            for p in &mut self.procs {
+                if let Some(status) = p.child.try_wait()? {
+                    bail!(
+                        "{} exited ({status}) at start-up:\n{}",
+                        p.name,
+                        tail(&p.log)
+                    );
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!("{url} not ready within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    #[allow(clippy::print_stderr)] // a failing test shows what the binaries logged
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            if matches!(p.child.try_wait(), Ok(None)) {
+                let _ = signal(p.child.id(), "TERM");
+            }
+        }
+        for p in &mut self.procs {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while matches!(p.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+            if std::thread::panicking() {
+                eprintln!("----- {} (last 40 lines) -----\n{}", p.name, tail(&p.log));
+            }
+        }
+    }
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
 }

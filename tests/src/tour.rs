@@ -5,6 +5,8 @@
 //! and chat with the assistant over SSE. Every call must succeed, and the
 //! data must be there when read back.
 
+use std::collections::BTreeSet;
+
 use anyhow::{Context, Result, bail, ensure};
 use prodgy_crds::RouteGroup;
 use reqwest::Method;
@@ -207,6 +209,21 @@ enum Body {
     Empty,
     Json(Value),
     Raw(String),
+}
+
+/// Fails unless `steps` reached every resource group of the API.
+pub fn every_group(steps: &[Step]) -> Result<()> {
+    let covered: BTreeSet<&str> = steps.iter().map(|st| st.group.as_str()).collect();
+    let wanted: BTreeSet<&str> = RouteGroup::ALL
+        .iter()
+        .filter(|g| **g != RouteGroup::Other)
+        .map(|g| g.as_str())
+        .collect();
+    ensure!(
+        covered == wanted,
+        "the tour reached {covered:?}, want {wanted:?}"
+    );
+    Ok(())
 }
 
 struct Tour<'a> {

@@ -4,13 +4,11 @@
 //! printed token opens every resource group, bad tokens get 401, usage shows
 //! in the proxy's `/metrics`, and Ctrl-C stops everything.
 
-use std::collections::BTreeSet;
-
-use prodgy_crds::{RouteGroup, Token};
+use prodgy_crds::Token;
 use prodgy_tests::caller::Caller;
 use prodgy_tests::local::{Quickstart, workspace_root};
 use prodgy_tests::metrics::Scrape;
-use prodgy_tests::tour::tour;
+use prodgy_tests::tour::{every_group, tour};
 use reqwest::{Method, StatusCode};
 
 #[tokio::test]
@@ -45,13 +43,7 @@ async fn quickstart_token_opens_every_resource_group_and_usage_is_counted() {
 
     let caller = Caller::new(&qs.proxy).unwrap();
     let steps = tour(&caller, &token).await.unwrap();
-    let covered: BTreeSet<&str> = steps.iter().map(|s| s.group.as_str()).collect();
-    let wanted: BTreeSet<&str> = RouteGroup::ALL
-        .iter()
-        .filter(|g| **g != RouteGroup::Other)
-        .map(|g| g.as_str())
-        .collect();
-    assert_eq!(covered, wanted, "the tour reaches every resource group");
+    every_group(&steps).unwrap();
 
     // Bad credentials: 401 with an RFC 6750 challenge and the reason in the body.
     let mut mistyped = token.clone();

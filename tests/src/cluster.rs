@@ -1,8 +1,9 @@
-//! Plumbing for the kind suite: the cluster named by the environment, one
-//! namespace and one product per scenario, and a dump of what a user would
-//! look at (tokens, Secret names, events, logs) when a scenario fails.
+//! A cluster to run the end-to-end scenarios in: the kind cluster named by
+//! the environment, or the local stack of [`crate::local::LocalCluster`].
+//! One namespace and one product per scenario, and a dump of what a user
+//! would look at (tokens, Secret names, events, logs) when a scenario fails.
 //!
-//! `hack/kind-e2e.sh` sets the environment:
+//! For kind, `hack/kind-e2e.sh` sets the environment:
 //! `PRODGY_E2E_KIND=1`, `KUBECONFIG`, `PRODGY_E2E_BASE_URL` (the ingress),
 //! `PRODGY_E2E_RELEASE_NAMESPACE`, `PRODGY_E2E_TOKENS_NAMESPACE`.
 
@@ -23,17 +24,31 @@ use crate::wait::{Probe, until};
 /// The line every kind test prints when it cannot run.
 pub const SKIP: &str = "skipped: set PRODGY_E2E_KIND=1 and run hack/kind-e2e.sh";
 
-/// The installed chart, reachable through the ingress.
+/// Operator, proxy and API running against a Kubernetes API.
 #[derive(Clone)]
 pub struct Cluster {
-    /// Client of the kind cluster.
+    /// Client of the Kubernetes API.
     pub client: Client,
-    /// Calls through the ingress.
+    /// Calls through the ingress (kind) or straight to the proxy (local).
     pub caller: Caller,
     /// Namespace of the release (operator, API pods).
     pub release_namespace: String,
     /// Namespace of hashed Secrets and UsageReports.
     pub tokens_namespace: String,
+    /// Where the proxies' `/metrics` are.
+    pub metrics: MetricsSource,
+    /// How far ahead the expiry scenario sets `expiresAt`: long enough to
+    /// issue the token and call it once before it expires.
+    pub expiry_lead: Duration,
+}
+
+/// Where to scrape the proxies.
+#[derive(Clone, Debug)]
+pub enum MetricsSource {
+    /// Every API pod of the release, through the API server's pod proxy.
+    PodProxy,
+    /// These `/metrics` URLs.
+    Urls(Vec<String>),
 }
 
 impl std::fmt::Debug for Cluster {
@@ -76,6 +91,8 @@ impl Cluster {
             caller,
             release_namespace: env_or("PRODGY_E2E_RELEASE_NAMESPACE", "prodgy"),
             tokens_namespace: env_or("PRODGY_E2E_TOKENS_NAMESPACE", "prodgy-tokens"),
+            metrics: MetricsSource::PodProxy,
+            expiry_lead: Duration::from_secs(15),
         })
     }
 
@@ -186,10 +203,17 @@ impl Scenario {
         String::from_utf8(bytes.0.clone()).context("delivery Secret token is not UTF-8")
     }
 
-    /// Scrapes `/metrics` of every proxy replica (through the API server's
-    /// pod proxy, which wants the port number) and merges the samples.
+    /// Scrapes `/metrics` of every proxy replica and merges the samples.
     pub async fn proxy_metrics(&self) -> Result<Scrape> {
         let mut all = Scrape::default();
+        if let MetricsSource::Urls(urls) = &self.cluster.metrics {
+            for url in urls {
+                let text = reqwest::get(url).await?.error_for_status()?.text().await?;
+                all.extend(Scrape::parse(&text));
+            }
+            return Ok(all);
+        }
+        // The API server's pod proxy wants the port number, not its name.
         for pod in self.api_pods().await? {
             let port = pod
                 .spec
