@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use crate::db::{self, Keyed};
 use crate::error::{Error, ErrorBody, Result};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::identity::Caller;
@@ -107,15 +108,14 @@ impl Row {
     }
 }
 
+impl Keyed for Row {
+    fn key(&self) -> &str {
+        &self.id
+    }
+}
+
 async fn fetch(state: &AppState, product: &str, id: &str) -> Result<Row> {
-    sqlx::query_as::<_, Row>(&format!(
-        "SELECT {COLUMNS} FROM agents WHERE product = $1 AND id = $2"
-    ))
-    .bind(product)
-    .bind(id)
-    .fetch_optional(&state.db.pool)
-    .await?
-    .ok_or(Error::NotFound("agent"))
+    db::find(&state.db, "agents", COLUMNS, product, id, "agent").await
 }
 
 /// Whether an agent exists for the product.
@@ -149,18 +149,9 @@ pub async fn list(
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<Paginated<Agent>>> {
     let page = q.page()?;
-    let rows = sqlx::query_as::<_, Row>(&format!(
-        "SELECT {COLUMNS} FROM agents WHERE product = $1 AND ($2 IS NULL OR id < $2) \
-         ORDER BY id DESC LIMIT $3"
-    ))
-    .bind(&caller.product)
-    .bind(page.before.clone())
-    .bind(page.limit + 1)
-    .fetch_all(&state.db.pool)
-    .await?;
-    Ok(Json(
-        Paginated::from_rows(rows, &page, |r| &r.id).map(Row::into_api),
-    ))
+    let rows: Paginated<Row> =
+        db::page_of(&state.db, "agents", COLUMNS, &caller.product, &page).await?;
+    Ok(Json(rows.map(Row::into_api)))
 }
 
 /// Install an agent from a definition.
@@ -234,18 +225,11 @@ pub async fn put(
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<UpdateAgent>,
 ) -> Result<Json<Agent>> {
-    for (field, present) in [
+    validate::required_by_put(&[
         ("name", body.name.is_some()),
         ("kind", body.kind.is_some()),
         ("config", body.config.is_some()),
-    ] {
-        if !present {
-            return Err(Error::invalid(
-                field,
-                "is required by PUT (use PATCH to change some fields)",
-            ));
-        }
-    }
+    ])?;
     update(state, caller, id, body).await
 }
 
@@ -301,25 +285,15 @@ pub async fn delete(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode> {
-    let mut tx = state.db.begin().await?;
-    let done = sqlx::query("DELETE FROM agents WHERE product = $1 AND id = $2")
-        .bind(&caller.product)
-        .bind(&id)
-        .execute(&mut *tx)
-        .await?;
-    if done.rows_affected() == 0 {
-        return Err(Error::NotFound("agent"));
-    }
-    for table in ["triggers", "executions"] {
-        sqlx::query(&format!(
-            "DELETE FROM {table} WHERE product = $1 AND agent_id = $2"
-        ))
-        .bind(&caller.product)
-        .bind(&id)
-        .execute(&mut *tx)
-        .await?;
-    }
-    tx.commit().await?;
+    db::delete_with_children(
+        &state.db,
+        "agents",
+        &caller.product,
+        &id,
+        &[("triggers", "agent_id"), ("executions", "agent_id")],
+        "agent",
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -25,6 +25,7 @@ use utoipa::ToSchema;
 
 use crate::answer::{self, Citation, SseParser};
 use crate::config::LlmConfig;
+use crate::db::{self, Keyed};
 use crate::error::{Error, ErrorBody, Result};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::identity::Caller;
@@ -117,15 +118,24 @@ struct MessageRow {
     created_at: i64,
 }
 
+const CONVERSATION_COLUMNS: &str = "id, title, created_at, updated_at";
+
+impl Keyed for ConversationRow {
+    fn key(&self) -> &str {
+        &self.id
+    }
+}
+
 async fn conversation(state: &AppState, product: &str, id: &str) -> Result<ConversationRow> {
-    sqlx::query_as::<_, ConversationRow>(
-        "SELECT id, title, created_at, updated_at FROM conversations WHERE product = $1 AND id = $2",
+    db::find(
+        &state.db,
+        "conversations",
+        CONVERSATION_COLUMNS,
+        product,
+        id,
+        "conversation",
     )
-    .bind(product)
-    .bind(id)
-    .fetch_optional(&state.db.pool)
-    .await?
-    .ok_or(Error::NotFound("conversation"))
+    .await
 }
 
 /// A message to store.
@@ -474,18 +484,15 @@ pub async fn list(
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<Paginated<Conversation>>> {
     let page = q.page()?;
-    let rows = sqlx::query_as::<_, ConversationRow>(
-        "SELECT id, title, created_at, updated_at FROM conversations WHERE product = $1 \
-         AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
+    let rows: Paginated<ConversationRow> = db::page_of(
+        &state.db,
+        "conversations",
+        CONVERSATION_COLUMNS,
+        &caller.product,
+        &page,
     )
-    .bind(&caller.product)
-    .bind(page.before.clone())
-    .bind(page.limit + 1)
-    .fetch_all(&state.db.pool)
     .await?;
-    Ok(Json(
-        Paginated::from_rows(rows, &page, |r| &r.id).map(ConversationRow::into_api),
-    ))
+    Ok(Json(rows.map(ConversationRow::into_api)))
 }
 
 /// A conversation's history.
@@ -533,20 +540,14 @@ pub async fn delete(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode> {
-    let mut tx = state.db.begin().await?;
-    let done = sqlx::query("DELETE FROM conversations WHERE product = $1 AND id = $2")
-        .bind(&caller.product)
-        .bind(&id)
-        .execute(&mut *tx)
-        .await?;
-    if done.rows_affected() == 0 {
-        return Err(Error::NotFound("conversation"));
-    }
-    sqlx::query("DELETE FROM messages WHERE product = $1 AND conversation_id = $2")
-        .bind(&caller.product)
-        .bind(&id)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
+    db::delete_with_children(
+        &state.db,
+        "conversations",
+        &caller.product,
+        &id,
+        &[("messages", "conversation_id")],
+        "conversation",
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -8,10 +8,11 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor};
 
 use crate::error::{Error, Result};
+use crate::ids::{Page, Paginated};
 
 /// Which SQL dialect the pool speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,4 +114,90 @@ impl Db {
 /// Whether an error is a unique-constraint violation.
 pub fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+/// A row with an id, for keyset pagination.
+pub trait Keyed {
+    /// The row's id.
+    fn key(&self) -> &str;
+}
+
+/// One page of a product's rows of `table`, newest first.
+pub async fn page_of<R>(
+    db: &Db,
+    table: &str,
+    columns: &str,
+    product: &str,
+    page: &Page,
+) -> Result<Paginated<R>>
+where
+    R: for<'r> sqlx::FromRow<'r, AnyRow> + Keyed + Send + Unpin,
+{
+    let rows = sqlx::query_as::<_, R>(&format!(
+        "SELECT {columns} FROM {table} WHERE product = $1 AND ($2 IS NULL OR id < $2) \
+         ORDER BY id DESC LIMIT $3"
+    ))
+    .bind(product)
+    .bind(page.before.clone())
+    .bind(page.limit + 1)
+    .fetch_all(&db.pool)
+    .await?;
+    Ok(Paginated::from_rows(rows, page, |r| r.key()))
+}
+
+/// A product's row of `table` by id; `NotFound(what)` when there is none
+/// (or it belongs to another product: the two are not told apart).
+pub async fn find<R>(
+    db: &Db,
+    table: &str,
+    columns: &str,
+    product: &str,
+    id: &str,
+    what: &'static str,
+) -> Result<R>
+where
+    R: for<'r> sqlx::FromRow<'r, AnyRow> + Send + Unpin,
+{
+    sqlx::query_as::<_, R>(&format!(
+        "SELECT {columns} FROM {table} WHERE product = $1 AND id = $2"
+    ))
+    .bind(product)
+    .bind(id)
+    .fetch_optional(&db.pool)
+    .await?
+    .ok_or(Error::NotFound(what))
+}
+
+/// Deletes a product's row of `table` and, in the same transaction, the
+/// rows of each `(child table, column)` that point at it.
+pub async fn delete_with_children(
+    db: &Db,
+    table: &str,
+    product: &str,
+    id: &str,
+    children: &[(&str, &str)],
+    what: &'static str,
+) -> Result<()> {
+    let mut tx = db.begin().await?;
+    let done = sqlx::query(&format!(
+        "DELETE FROM {table} WHERE product = $1 AND id = $2"
+    ))
+    .bind(product)
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(Error::NotFound(what));
+    }
+    for (child, column) in children {
+        sqlx::query(&format!(
+            "DELETE FROM {child} WHERE product = $1 AND {column} = $2"
+        ))
+        .bind(product)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }

@@ -14,6 +14,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::crypto::Sealed;
+use crate::db::{self, Keyed};
 use crate::error::{Error, ErrorBody, Result};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::identity::Caller;
@@ -232,15 +233,22 @@ fn seal(state: &AppState, product: &str, id: &str, c: &Credentials) -> Result<Se
     state.keyring.seal(&plain, &aad(product, id))
 }
 
+impl Keyed for Row {
+    fn key(&self) -> &str {
+        &self.id
+    }
+}
+
 async fn fetch(state: &AppState, product: &str, id: &str) -> Result<Row> {
-    sqlx::query_as::<_, Row>(&format!(
-        "SELECT {COLUMNS} FROM integrations WHERE product = $1 AND id = $2"
-    ))
-    .bind(product)
-    .bind(id)
-    .fetch_optional(&state.db.pool)
-    .await?
-    .ok_or(Error::NotFound("integration"))
+    db::find(
+        &state.db,
+        "integrations",
+        COLUMNS,
+        product,
+        id,
+        "integration",
+    )
+    .await
 }
 
 /// Whether an integration exists for the product.
@@ -285,18 +293,9 @@ pub async fn list(
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<Paginated<Integration>>> {
     let page = q.page()?;
-    let rows = sqlx::query_as::<_, Row>(&format!(
-        "SELECT {COLUMNS} FROM integrations WHERE product = $1 AND ($2 IS NULL OR id < $2) \
-         ORDER BY id DESC LIMIT $3"
-    ))
-    .bind(&caller.product)
-    .bind(page.before.clone())
-    .bind(page.limit + 1)
-    .fetch_all(&state.db.pool)
-    .await?;
-    Ok(Json(
-        Paginated::from_rows(rows, &page, |r| &r.id).map(Row::into_api),
-    ))
+    let rows: Paginated<Row> =
+        db::page_of(&state.db, "integrations", COLUMNS, &caller.product, &page).await?;
+    Ok(Json(rows.map(Row::into_api)))
 }
 
 /// Create an integration.
@@ -378,18 +377,11 @@ pub async fn put(
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<UpdateIntegration>,
 ) -> Result<Json<Integration>> {
-    for (field, present) in [
+    validate::required_by_put(&[
         ("name", body.name.is_some()),
         ("kind", body.kind.is_some()),
         ("config", body.config.is_some()),
-    ] {
-        if !present {
-            return Err(Error::invalid(
-                field,
-                "is required by PUT (use PATCH to change some fields)",
-            ));
-        }
-    }
+    ])?;
     update(state, caller, id, body).await
 }
 

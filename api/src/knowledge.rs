@@ -11,7 +11,7 @@ use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::db::{Dialect, Tx};
+use crate::db::{self, Dialect, Keyed, Tx};
 use crate::error::{Error, ErrorBody, Result};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::identity::Caller;
@@ -74,6 +74,12 @@ struct Row {
 
 const COLUMNS: &str = "id, name, source, file_id, content_type, size, indexed_bytes, truncated, \
      created_at, updated_at";
+
+impl Keyed for Row {
+    fn key(&self) -> &str {
+        &self.id
+    }
+}
 
 impl Row {
     fn into_api(self) -> Document {
@@ -158,18 +164,9 @@ pub async fn list(
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<Paginated<Document>>> {
     let page = q.page()?;
-    let rows = sqlx::query_as::<_, Row>(&format!(
-        "SELECT {COLUMNS} FROM documents WHERE product = $1 AND ($2 IS NULL OR id < $2) \
-         ORDER BY id DESC LIMIT $3"
-    ))
-    .bind(&caller.product)
-    .bind(page.before.clone())
-    .bind(page.limit + 1)
-    .fetch_all(&state.db.pool)
-    .await?;
-    Ok(Json(
-        Paginated::from_rows(rows, &page, |r| &r.id).map(Row::into_api),
-    ))
+    let rows: Paginated<Row> =
+        db::page_of(&state.db, "documents", COLUMNS, &caller.product, &page).await?;
+    Ok(Json(rows.map(Row::into_api)))
 }
 
 /// Get a document with its text.
@@ -181,14 +178,15 @@ pub async fn get(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<DocumentWithContent>> {
-    let row = sqlx::query_as::<_, Row>(&format!(
-        "SELECT {COLUMNS} FROM documents WHERE product = $1 AND id = $2"
-    ))
-    .bind(&caller.product)
-    .bind(&id)
-    .fetch_optional(&state.db.pool)
-    .await?
-    .ok_or(Error::NotFound("document"))?;
+    let row: Row = db::find(
+        &state.db,
+        "documents",
+        COLUMNS,
+        &caller.product,
+        &id,
+        "document",
+    )
+    .await?;
     let content: String =
         sqlx::query_scalar("SELECT content FROM documents WHERE product = $1 AND id = $2")
             .bind(&caller.product)

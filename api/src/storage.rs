@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
-use crate::db::is_unique_violation;
+use crate::db::{self, Keyed, is_unique_violation};
 use crate::error::{Error, ErrorBody, Result};
 use crate::extract::{ApiPath, ApiQuery};
 use crate::identity::Caller;
@@ -66,6 +66,12 @@ struct Row {
 
 const COLUMNS: &str =
     "id, name, content_type, size, sha256, blob_key, document_id, created_at, updated_at";
+
+impl Keyed for Row {
+    fn key(&self) -> &str {
+        &self.id
+    }
+}
 
 impl Row {
     fn into_api(self) -> StoredFile {
@@ -145,6 +151,15 @@ pub fn is_text(content_type: &str) -> bool {
         )
         || essence.ends_with("+json")
         || essence.ends_with("+xml")
+}
+
+/// The media type to store: the one sent, or one guessed from the name when
+/// none (or only `application/octet-stream`) was sent.
+fn content_type_for(name: &str, sent: Option<&str>) -> Result<String> {
+    match sent.map(str::trim) {
+        None | Some("") | Some("application/octet-stream") => Ok(guess_type(name).to_owned()),
+        Some(ct) => check_content_type(ct),
+    }
 }
 
 fn check_content_type(v: &str) -> Result<String> {
@@ -501,10 +516,7 @@ pub async fn upload(
             };
             let name = q.name.clone().unwrap_or(file_name);
             check_name(&name).map_err(|m| Error::invalid("name", m))?;
-            let ct = match field.content_type() {
-                Some(ct) if ct != "application/octet-stream" => check_content_type(ct)?,
-                _ => guess_type(&name).to_owned(),
-            };
+            let ct = content_type_for(&name, field.content_type())?;
             let (created, file) = receive(&state, &caller.product, &name, &ct, field).await?;
             return Ok(uploaded(created, file));
         }
@@ -513,11 +525,7 @@ pub async fn upload(
         .name
         .ok_or_else(|| Error::invalid("name", "is required for a raw upload (?name=…)"))?;
     check_name(&name).map_err(|m| Error::invalid("name", m))?;
-    let ct = if content_type.is_empty() || content_type == "application/octet-stream" {
-        guess_type(&name).to_owned()
-    } else {
-        check_content_type(&content_type)?
-    };
+    let ct = content_type_for(&name, Some(&content_type))?;
     let stream = req.into_body().into_data_stream();
     let (created, file) = receive(&state, &caller.product, &name, &ct, stream).await?;
     Ok(uploaded(created, file))
@@ -538,13 +546,10 @@ pub async fn put(
 ) -> Result<Response> {
     check_name(&name).map_err(|m| Error::invalid("name", m))?;
     content_length_check(&headers, state.config.limits.max_upload_bytes)?;
-    let ct = match headers
+    let sent = headers
         .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    {
-        None | Some("application/octet-stream") => guess_type(&name).to_owned(),
-        Some(ct) => check_content_type(ct)?,
-    };
+        .and_then(|v| v.to_str().ok());
+    let ct = content_type_for(&name, sent)?;
     let (created, file) =
         receive(&state, &caller.product, &name, &ct, body.into_data_stream()).await?;
     Ok(uploaded(created, file))
@@ -560,18 +565,9 @@ pub async fn list(
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<Paginated<StoredFile>>> {
     let page = q.page()?;
-    let rows = sqlx::query_as::<_, Row>(&format!(
-        "SELECT {COLUMNS} FROM files WHERE product = $1 AND ($2 IS NULL OR id < $2) \
-         ORDER BY id DESC LIMIT $3"
-    ))
-    .bind(&caller.product)
-    .bind(page.before.clone())
-    .bind(page.limit + 1)
-    .fetch_all(&state.db.pool)
-    .await?;
-    Ok(Json(
-        Paginated::from_rows(rows, &page, |r| &r.id).map(Row::into_api),
-    ))
+    let rows: Paginated<Row> =
+        db::page_of(&state.db, "files", COLUMNS, &caller.product, &page).await?;
+    Ok(Json(rows.map(Row::into_api)))
 }
 
 /// Download a file (streamed; single `Range` supported).

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
 use crate::agents;
+use crate::db;
 use crate::error::{Error, ErrorBody, Result};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, is_json, parse_json, read_limited};
 use crate::identity::Caller;
@@ -260,14 +261,7 @@ pub fn next_after(schedule: &cron::Schedule, now: i64) -> Option<i64> {
 }
 
 async fn fetch(state: &AppState, product: &str, id: &str) -> Result<Row> {
-    sqlx::query_as::<_, Row>(&format!(
-        "SELECT {COLUMNS} FROM triggers WHERE product = $1 AND id = $2"
-    ))
-    .bind(product)
-    .bind(id)
-    .fetch_optional(&state.db.pool)
-    .await?
-    .ok_or(Error::NotFound("trigger"))
+    db::find(&state.db, "triggers", COLUMNS, product, id, "trigger").await
 }
 
 /// List triggers (optionally of one agent).

@@ -48,6 +48,17 @@ pub fn typed<T: DeserializeOwned>(prefix: &str, value: &Value) -> Result<T> {
     })
 }
 
+/// PUT replaces a resource: each listed field must be present.
+pub fn required_by_put(fields: &[(&str, bool)]) -> Result<()> {
+    match fields.iter().find(|(_, present)| !present) {
+        Some((field, _)) => Err(Error::invalid(
+            *field,
+            "is required by PUT (use PATCH to change some fields)",
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Deserializes a field that may be absent (`None`), `null` (`Some(None)`)
 /// or a value (`Some(Some(v))`), for PATCH bodies.
 pub fn double_option<'de, T, D>(de: D) -> std::result::Result<Option<Option<T>>, D::Error>

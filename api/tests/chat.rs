@@ -59,13 +59,10 @@ fn text_of(events: &[SseEvent]) -> String {
 }
 
 async fn upload(api: &Api, name: &str, text: &str) {
-    let r = api
-        .req(Method::PUT, &format!("/api/knowledge-base/storage/{name}"))
-        .body(text.to_owned())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(
+        api.put_file(name, None, text.to_owned()).await.0,
+        StatusCode::CREATED
+    );
 }
 
 async fn builtin_chat_streams_cited_answers_and_keeps_history(b: Backend) {

@@ -328,45 +328,19 @@ async fn credentials_survive_key_rotation(b: Backend) {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_starts_with_zero_setup_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let (port, ops_port) = (free_port(), free_port());
     let log = dir.path().join("stderr.log");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_prodgy-api"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--ops-listen",
-            &format!("127.0.0.1:{ops_port}"),
-            "--log-format",
-            "json",
-        ])
+    let mut command = support::Binary::command();
+    command
+        .args(["--log-format", "json"])
         .env("PRODGY_DATA_DIR", dir.path().join("data"))
         .env_remove("PRODGY_ENCRYPTION_KEY")
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut bin = support::Binary::start(command).await;
     let http = reqwest::Client::new();
-    let ops = format!("http://127.0.0.1:{ops_port}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = http.get(format!("{ops}/readyz")).send().await
-            && r.status().is_success()
-        {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "not ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ops = bin.ops.clone();
     let key = dir.path().join("data/encryption.key");
     assert!(key.exists());
     #[cfg(unix)]
@@ -389,7 +363,7 @@ async fn the_binary_starts_with_zero_setup_and_stops_on_sigterm() {
             .status(),
         200
     );
-    let data = format!("http://127.0.0.1:{port}");
+    let data = bin.data.clone();
     let r = http
         .get(format!("{data}/api/agent-base"))
         .send()
@@ -429,15 +403,15 @@ async fn the_binary_starts_with_zero_setup_and_stops_on_sigterm() {
 
     let started = std::time::Instant::now();
     std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &bin.child.id().to_string()])
         .status()
         .unwrap();
-    let status = child.wait().unwrap();
+    let status = bin.child.wait().unwrap();
     assert!(status.success(), "{status}");
     assert!(started.elapsed() < Duration::from_secs(10));
 
     // The same data directory needs no flags to re-encrypt.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_prodgy-api"))
+    let out = support::Binary::command()
         .args([
             "reencrypt",
             "--data-dir",
@@ -452,7 +426,7 @@ async fn the_binary_starts_with_zero_setup_and_stops_on_sigterm() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("re-encrypted"));
     // A bad flag names itself and fails.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_prodgy-api"))
+    let out = support::Binary::command()
         .args([
             "--object-store",
             "s3",

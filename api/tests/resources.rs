@@ -920,13 +920,7 @@ async fn knowledge_agent_answers_with_citations(b: Backend) {
         ),
         ("lunch.txt", "The cafeteria serves soup on Fridays."),
     ] {
-        let r = api
-            .req(Method::PUT, &format!("/api/knowledge-base/storage/{name}"))
-            .body(text)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::CREATED);
+        assert_eq!(api.put_file(name, None, text).await.0, StatusCode::CREATED);
     }
     let (agent, trigger) = agent_with_trigger(&api, knowledge_agent()).await;
     let exe = execute(

@@ -66,11 +66,7 @@ async fn files_round_trip_with_ranges_and_replacement(b: Backend) {
     assert_eq!(file["sha256"].as_str().unwrap().len(), 64);
     let id = file["id"].as_str().unwrap().to_owned();
 
-    let r = api
-        .req(Method::GET, "/api/knowledge-base/storage/greeting.txt")
-        .send()
-        .await
-        .unwrap();
+    let r = api.file(Method::GET, "greeting.txt", &[]).await;
     assert_eq!(r.status(), StatusCode::OK);
     let h = r.headers().clone();
     assert_eq!(h["content-type"], "text/plain; charset=utf-8");
@@ -89,11 +85,8 @@ async fn files_round_trip_with_ranges_and_replacement(b: Backend) {
     assert_eq!(r.text().await.unwrap(), text);
 
     let r = api
-        .req(Method::GET, "/api/knowledge-base/storage/greeting.txt")
-        .header("range", "bytes=7-12")
-        .send()
-        .await
-        .unwrap();
+        .file(Method::GET, "greeting.txt", &[("range", "bytes=7-12")])
+        .await;
     assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(
         r.headers()["content-range"],
@@ -101,28 +94,18 @@ async fn files_round_trip_with_ranges_and_replacement(b: Backend) {
     );
     assert_eq!(r.text().await.unwrap(), "stored");
     let r = api
-        .req(Method::GET, "/api/knowledge-base/storage/greeting.txt")
-        .header("range", "bytes=-6")
-        .send()
-        .await
-        .unwrap();
+        .file(Method::GET, "greeting.txt", &[("range", "bytes=-6")])
+        .await;
     assert_eq!(r.text().await.unwrap(), "world\n");
     let r = api
-        .req(Method::GET, "/api/knowledge-base/storage/greeting.txt")
-        .header("range", "bytes=999-")
-        .send()
-        .await
-        .unwrap();
+        .file(Method::GET, "greeting.txt", &[("range", "bytes=999-")])
+        .await;
     assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(
         r.headers()["content-range"],
         format!("bytes */{}", text.len()).as_str()
     );
-    let r = api
-        .req(Method::HEAD, "/api/knowledge-base/storage/greeting.txt")
-        .send()
-        .await
-        .unwrap();
+    let r = api.file(Method::HEAD, "greeting.txt", &[]).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(
         r.headers()["content-length"],
@@ -381,14 +364,10 @@ async fn uploaded_text_is_searchable(b: Backend) {
         ("photo.png", "image/png", "deployment deployment deployment"),
     ];
     for (name, ct, text) in docs {
-        let r = api
-            .req(Method::PUT, &format!("/api/knowledge-base/storage/{name}"))
-            .header("content-type", ct)
-            .body(text)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::CREATED);
+        assert_eq!(
+            api.put_file(name, Some(ct), text).await.0,
+            StatusCode::CREATED
+        );
     }
     let long = format!("{} needle-at-the-end", "filler words here. ".repeat(200));
     let r = api
@@ -508,14 +487,6 @@ fn vm_hwm_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A 200 MiB upload and download through the real binary, in its own
 /// process so its peak resident memory (VmHWM) can be read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -523,40 +494,14 @@ async fn a_large_file_streams_through_bounded_memory() {
     const MIB: usize = 1024 * 1024;
     const SIZE_MIB: usize = 200;
     let dir = tempfile::tempdir().unwrap();
-    let (port, ops_port) = (free_port(), free_port());
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_prodgy-api"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--ops-listen",
-            &format!("127.0.0.1:{ops_port}"),
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-            "--workers",
-            "1",
-        ])
+    let mut command = support::Binary::command();
+    command
+        .args(["--data-dir", dir.path().to_str().unwrap(), "--workers", "1"])
         .env("RUST_LOG", "warn")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
+        .stderr(std::process::Stdio::null());
+    let bin = support::Binary::start(command).await;
+    let pid = bin.child.id();
     let http = reqwest::Client::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = http
-            .get(format!("http://127.0.0.1:{ops_port}/readyz"))
-            .send()
-            .await
-            && r.status().is_success()
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the binary did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let baseline = vm_hwm_kib(pid);
 
     let mut base = vec![0u8; MIB];
@@ -573,9 +518,7 @@ async fn a_large_file_streams_through_bounded_memory() {
         .map(move |i| Ok::<_, std::io::Error>(large_chunk(&upload_base, i)));
     let started = std::time::Instant::now();
     let r = http
-        .put(format!(
-            "http://127.0.0.1:{port}/api/knowledge-base/storage/big.bin"
-        ))
+        .put(format!("{}/api/knowledge-base/storage/big.bin", bin.data))
         .header("x-prodgy-product", "acme")
         .header("x-prodgy-scopes", "*")
         .header("content-type", "application/octet-stream")
@@ -591,9 +534,7 @@ async fn a_large_file_streams_through_bounded_memory() {
 
     let started = std::time::Instant::now();
     let r = http
-        .get(format!(
-            "http://127.0.0.1:{port}/api/knowledge-base/storage/big.bin"
-        ))
+        .get(format!("{}/api/knowledge-base/storage/big.bin", bin.data))
         .header("x-prodgy-product", "acme")
         .header("x-prodgy-scopes", "*")
         .send()
@@ -624,8 +565,7 @@ async fn a_large_file_streams_through_bounded_memory() {
     assert_eq!(index, SIZE_MIB);
     let download_secs = started.elapsed().as_secs_f64();
     let peak = vm_hwm_kib(pid);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(bin);
     eprintln!(
         "200 MiB: upload {upload_secs:.1}s, download {download_secs:.1}s; server VmHWM \
          baseline {} MiB, after upload {} MiB, after download {} MiB",

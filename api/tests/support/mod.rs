@@ -444,3 +444,95 @@ pub async fn raw(
         .unwrap_or_default();
     (status, body)
 }
+
+impl Api {
+    /// Uploads `body` as `name` with PUT.
+    pub async fn put_file(
+        &self,
+        name: &str,
+        content_type: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> (StatusCode, Value) {
+        let mut r = self
+            .req(Method::PUT, &format!("/api/knowledge-base/storage/{name}"))
+            .body(body);
+        if let Some(ct) = content_type {
+            r = r.header("content-type", ct);
+        }
+        self.send(r).await
+    }
+
+    /// Requests a stored file with extra headers.
+    pub async fn file(
+        &self,
+        method: Method,
+        name: &str,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut r = self.req(method, &format!("/api/knowledge-base/storage/{name}"));
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.send().await.unwrap()
+    }
+}
+
+/// A port free at the time of asking.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The `prodgy-api` binary on free loopback ports, once `/readyz` answers.
+pub struct Binary {
+    pub child: std::process::Child,
+    pub data: String,
+    pub ops: String,
+}
+
+impl Binary {
+    pub async fn start(mut command: std::process::Command) -> Binary {
+        let (port, ops_port) = (free_port(), free_port());
+        let child = command
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--ops-listen",
+                &format!("127.0.0.1:{ops_port}"),
+            ])
+            .spawn()
+            .unwrap();
+        let bin = Binary {
+            child,
+            data: format!("http://127.0.0.1:{port}"),
+            ops: format!("http://127.0.0.1:{ops_port}"),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = reqwest::get(format!("{}/readyz", bin.ops)).await
+                && r.status().is_success()
+            {
+                return bin;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the binary did not become ready"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn command() -> std::process::Command {
+        std::process::Command::new(env!("CARGO_BIN_EXE_prodgy-api"))
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
