@@ -1101,3 +1101,93 @@ async fn ops_listener_serves_health_readiness_and_metrics_only() {
     assert_eq!(get("/readyz").await.unwrap().status(), 503);
     assert_eq!(get("/healthz").await.unwrap().status(), 200);
 }
+
+/// `app(state)` is a plain `Router`: it serves without a listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_serves_in_process() {
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let env = Env::new(&Backend::Sqlite).await;
+    let mut config = env.config();
+    config.limits.max_upload_bytes = 1000;
+    let state = prodgy_api::build_state(config).await.unwrap();
+    let app = prodgy_api::app(state);
+    let request = |method: &str, path: &str, body: Body| {
+        axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("x-prodgy-product", "acme")
+            .header("x-prodgy-scopes", "*")
+            .header("content-type", "application/json")
+            .body(body)
+            .unwrap()
+    };
+    let read = |resp: axum::response::Response| async move {
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
+        )
+    };
+
+    let resp = app
+        .clone()
+        .oneshot(
+            axum::http::Request::builder()
+                .uri("/api/agent-base")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let (s, body) = read(resp).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(error_code(&body), "unauthenticated");
+
+    let body = Body::from(knowledge_agent().to_string());
+    let (s, agent) = read(
+        app.clone()
+            .oneshot(request("POST", "/api/agent-base", body))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{agent}");
+    let path = format!("/api/agent-base/{}", agent["id"].as_str().unwrap());
+    let (s, got) = read(
+        app.clone()
+            .oneshot(request("GET", &path, Body::empty()))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(got["id"], agent["id"]);
+
+    // A body without a length that crosses the upload limit is cut off.
+    let chunks = futures::stream::iter(
+        (0..10).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'x'; 300]))),
+    );
+    let resp = app
+        .clone()
+        .oneshot(request(
+            "PUT",
+            "/api/knowledge-base/storage/big.txt",
+            Body::from_stream(chunks),
+        ))
+        .await
+        .unwrap();
+    let (s, body) = read(resp).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(error_code(&body), "payload_too_large");
+    let (_, list) = read(
+        app.oneshot(request("GET", "/api/knowledge-base/storage", Body::empty()))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(list["items"].as_array().unwrap().is_empty());
+}
