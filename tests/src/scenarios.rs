@@ -242,3 +242,31 @@ pub async fn usage(s: &Scenario) -> Result<()> {
     ensure!(scoped_status.usage == 0, "refused calls counted as usage");
     Ok(())
 }
+
+/// Declares one `#[tokio::test]` per scenario, each calling
+/// `$run(name, scenario)`, where `$run` sets up a cluster, runs the scenario
+/// in a fresh namespace and reports (see `tests/tests/kind_e2e.rs`).
+#[macro_export]
+macro_rules! scenario_tests {
+    ($run:path) => {
+        #[tokio::test]
+        async fn token_opens_every_resource_group() {
+            $run("tour", $crate::scenarios::tour).await;
+        }
+
+        #[tokio::test]
+        async fn deactivate_activate_regenerate_revoke_take_effect_at_once() {
+            $run("lifecycle", $crate::scenarios::lifecycle).await;
+        }
+
+        #[tokio::test]
+        async fn a_token_stops_at_its_expiry_and_reads_expired() {
+            $run("expiry", $crate::scenarios::expiry).await;
+        }
+
+        #[tokio::test]
+        async fn usage_reaches_status_and_the_proxy_exports_it() {
+            $run("usage", $crate::scenarios::usage).await;
+        }
+    };
+}

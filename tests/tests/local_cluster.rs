@@ -7,7 +7,6 @@
 use anyhow::Result;
 use prodgy_tests::cluster::Scenario;
 use prodgy_tests::local::LocalCluster;
-use prodgy_tests::scenarios;
 
 async fn run(name: &str, scenario: impl AsyncFnOnce(&Scenario) -> Result<()>) {
     let local = LocalCluster::start().await.unwrap();
@@ -16,22 +15,4 @@ async fn run(name: &str, scenario: impl AsyncFnOnce(&Scenario) -> Result<()>) {
     s.finish(result).await;
 }
 
-#[tokio::test]
-async fn token_opens_every_resource_group() {
-    run("tour", scenarios::tour).await;
-}
-
-#[tokio::test]
-async fn deactivate_activate_regenerate_revoke_take_effect_at_once() {
-    run("lifecycle", scenarios::lifecycle).await;
-}
-
-#[tokio::test]
-async fn a_token_stops_at_its_expiry_and_reads_expired() {
-    run("expiry", scenarios::expiry).await;
-}
-
-#[tokio::test]
-async fn usage_reaches_status_and_the_proxy_exports_it() {
-    run("usage", scenarios::usage).await;
-}
+prodgy_tests::scenario_tests!(run);
