@@ -11,7 +11,7 @@ use crate::{Error, Result, plan::PlanConfig, telemetry::LogFormat};
 
 /// `prodgy-operator`: reconciles ApiTokens into hashed Secrets and status.
 #[derive(Debug, Parser)]
-#[command(name = "prodgy-operator", version, about, long_about = None)]
+#[command(name = "prodgy-operator", version, about, long_about = None, args_override_self = true)]
 pub struct Cli {
     /// Run the operator (default) or a one-off command.
     #[command(subcommand)]

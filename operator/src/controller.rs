@@ -44,6 +44,7 @@ use prodgy_crds::{
 };
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -201,20 +202,27 @@ pub async fn run(
     }
 
     let mut tasks = Vec::new();
+    let mut synced = Vec::new();
     let (hashed, writer) = reflector::store();
+    let (ready, rx) = watch::channel(false);
+    synced.push(rx);
     tasks.push(tokio::spawn(reflect(
         Api::<Secret>::namespaced(client.clone(), &hashed_ns),
         watcher::Config::default().labels(&format!("{HASHED_LABEL}={HASHED_LABEL_VALUE}")),
         writer,
+        ready,
         router.clone(),
         refs_of_hashed_secret,
     )));
     let (reports, writer) = reflector::store();
+    let (ready, rx) = watch::channel(false);
+    synced.push(rx);
     let mut report_index = ReportIndex::default();
     tasks.push(tokio::spawn(reflect(
         Api::<UsageReport>::namespaced(client.clone(), &hashed_ns),
         watcher::Config::default().labels(REPORT_LABEL),
         writer,
+        ready,
         router.clone(),
         move |r: &UsageReport, change| report_index.refs(r, change),
     )));
@@ -227,10 +235,13 @@ pub async fn run(
             Some(ns) => Api::<Secret>::namespaced(client.clone(), ns),
         };
         let (store, writer) = reflector::store();
+        let (ready, rx) = watch::channel(false);
+        synced.push(rx);
         tasks.push(tokio::spawn(reflect(
             api,
             watcher::Config::default().labels(&delivery_selector),
             writer,
+            ready,
             router.clone(),
             refs_of_delivery_secret,
         )));
@@ -239,19 +250,11 @@ pub async fn run(
 
     // Usage folding must never see a half-loaded report cache: a report
     // missing from it would look deleted (step 3).
-    let caches_ready = async {
-        hashed.wait_until_ready().await.ok();
-        reports.wait_until_ready().await.ok();
-        for (_, store) in &delivery {
-            store.wait_until_ready().await.ok();
-        }
-    };
-    tokio::select! {
-        () = caches_ready => {}
-        () = term.cancelled() => {
-            abort_all(&tasks);
-            return Ok(());
-        }
+    // (Our own flags rather than `Store::wait_until_ready`, which wakes only
+    // one of several waiters, and the controller waits on its store too.)
+    if !all_synced(&mut synced, &term).await {
+        abort_all(&tasks);
+        return Ok(());
     }
     info!("caches synced; reconciling ApiTokens");
 
@@ -277,17 +280,31 @@ pub async fn run(
 
     let mut runs = Vec::new();
     let mut token_stores = Vec::new();
+    let mut tokens_synced = Vec::new();
     for (scope, rx, all_rx) in receivers {
         let api = match &scope {
             None => Api::<ApiToken>::all(client.clone()),
             Some(ns) => Api::<ApiToken>::namespaced(client.clone(), ns),
         };
-        let controller = Controller::new(api, watcher::Config::default())
+        let (store, writer) = reflector::store();
+        let (ready, ready_rx) = watch::channel(false);
+        tokens_synced.push(ready_rx);
+        let stream = reflector::reflector(
+            writer,
+            watcher(api, watcher::Config::default()).default_backoff(),
+        )
+        .inspect(move |event| {
+            if matches!(event, Ok(Event::InitDone)) {
+                ready.send_replace(true);
+            }
+        })
+        .applied_objects();
+        let controller = Controller::for_stream(stream, store.clone())
             .with_config(controller::Config::default().concurrency(CONCURRENCY))
             .reconcile_on(rx)
             .reconcile_all_on(all_rx)
             .graceful_shutdown_on(term.clone().cancelled_owned());
-        token_stores.push((scope, controller.store()));
+        token_stores.push((scope, store));
         runs.push(
             controller
                 .run(reconcile, error_policy, ctx.clone())
@@ -307,6 +324,7 @@ pub async fn run(
     tasks.push(tokio::spawn(retire_reports(
         ctx.clone(),
         token_stores,
+        tokens_synced,
         term.clone(),
     )));
     metrics.set_ready(true);
@@ -314,6 +332,18 @@ pub async fn run(
     futures::future::join_all(runs).await;
     abort_all(&tasks);
     Ok(())
+}
+
+/// Waits until every flag is up; false if cancelled first (or a flag's
+/// sender is gone).
+async fn all_synced(flags: &mut [watch::Receiver<bool>], term: &CancellationToken) -> bool {
+    for flag in flags {
+        tokio::select! {
+            r = flag.wait_for(|up| *up) => if r.is_err() { return false },
+            () = term.cancelled() => return false,
+        }
+    }
+    true
 }
 
 fn abort_all(tasks: &[tokio::task::JoinHandle<()>]) {
@@ -327,6 +357,7 @@ async fn reflect<K>(
     api: Api<K>,
     wc: watcher::Config,
     writer: Writer<K>,
+    ready: watch::Sender<bool>,
     router: Router,
     mut route: impl FnMut(&K, Change) -> Vec<Ref> + Send,
 ) where
@@ -355,6 +386,7 @@ async fn reflect<K>(
                     router.resync_all();
                 }
                 listed_once = true;
+                ready.send_replace(true);
             }
             Err(e) => warn!(error = %e, "watch failed; retrying with backoff"),
         }
@@ -532,6 +564,9 @@ async fn reconcile_token(token: &Arc<ApiToken>, ctx: &Context) -> Result<Action>
             fresh = true;
             continue;
         }
+        if plan.has_writes() {
+            debug!(apitoken = %id.name, fresh, ?plan, "planned writes");
+        }
         match execute(ctx, &tokens, &observed, &id, &plan, now).await {
             Ok(deferred) => {
                 publish(ctx, &observed.token, &plan.events).await;
@@ -692,15 +727,7 @@ async fn patch_status(
     status: &ApiTokenStatus,
 ) -> Result<ApiToken> {
     let mut body = serde_json::to_value(status)?;
-    // A merge patch keeps keys it does not mention: clear the dropped ones.
-    let old = serde_json::to_value(&token.status)?;
-    if let (Some(new), Value::Object(old)) = (body.as_object_mut(), old) {
-        for key in old.keys() {
-            if !new.contains_key(key) {
-                new.insert(key.clone(), Value::Null);
-            }
-        }
-    }
+    clear_dropped(&mut body, &serde_json::to_value(&token.status)?);
     let patch = json!({
         "metadata": {"resourceVersion": token.resource_version()},
         "status": body,
@@ -708,6 +735,22 @@ async fn patch_status(
     Ok(api
         .patch_status(&token.name_any(), &patch_params(), &Patch::Merge(&patch))
         .await?)
+}
+
+/// A merge patch keeps every key it does not mention, at any depth: turn
+/// keys the new value dropped (e.g. an emptied `usageLedger.folded`, which
+/// is omitted when empty) into explicit nulls. Lists are replaced whole.
+fn clear_dropped(new: &mut Value, old: &Value) {
+    if let (Value::Object(new), Value::Object(old)) = (new, old) {
+        for (key, old_value) in old {
+            match new.get_mut(key) {
+                None => {
+                    new.insert(key.clone(), Value::Null);
+                }
+                Some(new_value) => clear_dropped(new_value, old_value),
+            }
+        }
+    }
 }
 
 fn patch_params() -> PatchParams {
@@ -892,13 +935,11 @@ fn requeue(at: Option<DateTime<Utc>>, deferred: Option<Duration>, now: DateTime<
 async fn retire_reports(
     ctx: Arc<Context>,
     token_stores: Vec<(Option<String>, Store<ApiToken>)>,
+    mut synced: Vec<watch::Receiver<bool>>,
     term: CancellationToken,
 ) {
-    for (_, store) in &token_stores {
-        tokio::select! {
-            r = store.wait_until_ready() => if r.is_err() { return },
-            () = term.cancelled() => return,
-        }
+    if !all_synced(&mut synced, &term).await {
+        return;
     }
     let retention = ctx.cfg.plan.usage_report_retention;
     let every = retention
@@ -959,6 +1000,27 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dropped_keys_become_nulls_at_any_depth() {
+        let mut new = json!({"usage": 3, "usageLedger": {"base": 3}, "conditions": [1]});
+        let old = json!({
+            "usage": 2,
+            "prefix": "prod_abc",
+            "usageLedger": {"base": 0, "folded": ["r"]},
+            "conditions": [1, 2]
+        });
+        clear_dropped(&mut new, &old);
+        assert_eq!(
+            new,
+            json!({
+                "usage": 3,
+                "prefix": null,
+                "usageLedger": {"base": 3, "folded": null},
+                "conditions": [1]
+            })
+        );
+    }
 
     #[test]
     fn bucket_allows_its_rate_and_says_how_long_to_wait() {
