@@ -9,6 +9,7 @@
 use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -19,6 +20,7 @@ use object_store::path::Path as StorePath;
 use object_store::{GetOptions, GetRange, ObjectStore, WriteMultipart};
 
 use crate::config::StoreConfig;
+use crate::db::Db;
 use crate::error::{Error, Result};
 
 /// Size of each uploaded part (S3's minimum is 5 MiB).
@@ -126,6 +128,35 @@ impl Blobs {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Deletes blobs that no file points at and that are older than
+    /// `min_age` (younger ones may belong to an upload about to commit on
+    /// another replica). They are left by a crash between the end of an
+    /// upload and its commit. Returns how many were deleted.
+    pub async fn sweep_orphans(&self, db: &Db, min_age: Duration) -> Result<usize> {
+        let cutoff = chrono::Utc::now()
+            - chrono::Duration::from_std(min_age).unwrap_or(chrono::Duration::MAX);
+        let prefix = StorePath::from(self.key(""));
+        let mut listing = self.store.list(Some(&prefix));
+        let mut deleted = 0;
+        while let Some(meta) = listing.next().await {
+            let meta = meta?;
+            if meta.last_modified > cutoff {
+                continue;
+            }
+            let key = meta.location.to_string();
+            let used: Option<(String,)> =
+                sqlx::query_as("SELECT id FROM files WHERE blob_key = $1")
+                    .bind(&key)
+                    .fetch_optional(&db.pool)
+                    .await?;
+            if used.is_none() {
+                self.delete(&key).await?;
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
     }
 
     /// Whether the store answers (a missing probe object is a good answer).

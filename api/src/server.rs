@@ -112,6 +112,7 @@ impl Server {
         }
         let mut background = queue::spawn_workers(&state, config.queue.workers, &shutdown);
         background.spawn(triggers::scheduler(state.clone(), shutdown.clone()));
+        background.spawn(sweep_blobs(state.clone(), shutdown.clone()));
         tracing::info!(
             %addr,
             %ops_addr,
@@ -156,6 +157,24 @@ impl Server {
     pub fn kill(mut self) {
         self.background.abort_all();
         self.servers.abort_all();
+    }
+}
+
+/// Blobs younger than this are never swept (an upload may be committing).
+const ORPHAN_MIN_AGE: Duration = Duration::from_secs(3600);
+
+/// Sweeps orphan blobs at start, then daily.
+async fn sweep_blobs(state: AppState, shutdown: CancellationToken) {
+    while !shutdown.is_cancelled() {
+        match state.blobs.sweep_orphans(&state.db, ORPHAN_MIN_AGE).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "deleted orphan blobs"),
+            Err(e) => tracing::warn!(error = %e, "orphan blob sweep failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(24 * 3600)) => {}
+            _ = shutdown.cancelled() => {}
+        }
     }
 }
 

@@ -1115,7 +1115,7 @@ async fn the_router_serves_in_process() {
     let state = prodgy_api::build_state(config).await.unwrap();
     let app = prodgy_api::app(state);
     let request = |method: &str, path: &str, body: Body| {
-        axum::http::Request::builder()
+        http::Request::builder()
             .method(method)
             .uri(path)
             .header("x-prodgy-product", "acme")
@@ -1136,7 +1136,7 @@ async fn the_router_serves_in_process() {
     let resp = app
         .clone()
         .oneshot(
-            axum::http::Request::builder()
+            http::Request::builder()
                 .uri("/api/agent-base")
                 .body(Body::empty())
                 .unwrap(),

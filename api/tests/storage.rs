@@ -831,3 +831,44 @@ async fn files_round_trip_through_an_s3_compatible_store() {
     assert!(store.lock().unwrap().objects.is_empty());
     server.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_orphan_blobs_are_swept_at_start() {
+    let env = Env::new(&Backend::Sqlite).await;
+    let app = env.start().await;
+    let api = app.client("acme");
+    let (s, _) = api.put_file("kept.txt", None, "still here").await;
+    assert_eq!(s, StatusCode::CREATED);
+    app.stop().await;
+
+    let files = env.data_dir().join("blobs/files");
+    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+    let age = |path: &std::path::Path| {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(two_hours_ago)
+            .unwrap();
+    };
+    for entry in std::fs::read_dir(&files).unwrap() {
+        age(&entry.unwrap().path());
+    }
+    std::fs::write(files.join("blb_old_orphan"), b"lost").unwrap();
+    age(&files.join("blb_old_orphan"));
+    std::fs::write(files.join("blb_young_orphan"), b"maybe committing").unwrap();
+
+    let app = env.start().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while files.join("blb_old_orphan").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old orphan was not swept"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(files.join("blb_young_orphan").exists());
+    let r = app.client("acme").file(Method::GET, "kept.txt", &[]).await;
+    assert_eq!(r.text().await.unwrap(), "still here");
+    assert_eq!(blob_files(&env).len(), 2);
+}
