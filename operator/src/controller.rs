@@ -24,7 +24,7 @@ use futures::{
     FutureExt, StreamExt,
     channel::mpsc::{UnboundedSender, unbounded},
 };
-use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Condition};
+use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Client, Resource, ResourceExt,
     api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions},
@@ -853,24 +853,14 @@ async fn mark_error(tokens: &Api<ApiToken>, token: &ApiToken, err: &Error) {
     if prev.is_some_and(|c| c.reason == condition::REASON_RECONCILE_ERROR && c.message == message) {
         return;
     }
-    let ready = Condition {
-        type_: condition::READY.to_owned(),
-        status: "False".to_owned(),
-        reason: condition::REASON_RECONCILE_ERROR.to_owned(),
+    let conditions = plan::with_ready(
+        &status.conditions,
+        false,
+        condition::REASON_RECONCILE_ERROR,
         message,
-        observed_generation: token.meta().generation,
-        last_transition_time: prev
-            .filter(|c| c.status == "False")
-            .map(|c| c.last_transition_time.clone())
-            .unwrap_or_else(|| plan::to_time(Utc::now())),
-    };
-    let mut conditions: Vec<Condition> = status
-        .conditions
-        .iter()
-        .filter(|c| c.type_ != condition::READY)
-        .cloned()
-        .collect();
-    conditions.insert(0, ready);
+        token.meta().generation,
+        Utc::now(),
+    );
     let patch = json!({"status": {"conditions": conditions}});
     if let Err(e) = tokens
         .patch_status(&token.name_any(), &patch_params(), &Patch::Merge(&patch))

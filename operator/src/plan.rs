@@ -665,25 +665,14 @@ pub fn plan(cfg: &PlanConfig, input: &Inputs<'_>) -> Result<Plan> {
         .conditions
         .iter()
         .find(|c| c.type_ == condition::READY);
-    let status_word = if ready { "True" } else { "False" };
-    let ready_condition = Condition {
-        type_: condition::READY.to_owned(),
-        status: status_word.to_owned(),
-        reason: reason.to_owned(),
+    let conditions = with_ready(
+        &current.conditions,
+        ready,
+        reason,
         message,
-        observed_generation: Some(id.generation),
-        last_transition_time: prev_ready
-            .filter(|c| c.status == status_word)
-            .map(|c| c.last_transition_time.clone())
-            .unwrap_or_else(|| to_time(now)),
-    };
-    let mut conditions: Vec<Condition> = current
-        .conditions
-        .iter()
-        .filter(|c| c.type_ != condition::READY)
-        .cloned()
-        .collect();
-    conditions.insert(0, ready_condition);
+        Some(id.generation),
+        now,
+    );
 
     let previous_valid_until = desired_record
         .as_ref()
@@ -925,6 +914,40 @@ fn warning(reason: &'static str, note: String) -> PlannedEvent {
         reason,
         note,
     }
+}
+
+/// `conditions` with the `Ready` condition set (first in the list). The
+/// transition time moves only when True/False flips, so re-planning the same
+/// state changes nothing.
+pub fn with_ready(
+    conditions: &[Condition],
+    ready: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+) -> Vec<Condition> {
+    let status = if ready { "True" } else { "False" };
+    let since = conditions
+        .iter()
+        .find(|c| c.type_ == condition::READY && c.status == status)
+        .map_or_else(|| to_time(now), |c| c.last_transition_time.clone());
+    let mut out = Vec::with_capacity(conditions.len().max(1));
+    out.push(Condition {
+        type_: condition::READY.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        observed_generation: generation,
+        last_transition_time: since,
+    });
+    out.extend(
+        conditions
+            .iter()
+            .filter(|c| c.type_ != condition::READY)
+            .cloned(),
+    );
+    out
 }
 
 /// RFC 3339 in UTC with whole seconds, for messages.

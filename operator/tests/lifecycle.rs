@@ -65,12 +65,7 @@ async fn create_issues_a_token_delivers_it_and_stores_only_its_hash() {
     );
 
     // Events say what happened, with the prefix only.
-    eventually("Issued event", Duration::from_secs(5), || async {
-        w.event_reasons("ci-bot")
-            .contains(&"Issued".to_owned())
-            .then_some(())
-    })
-    .await;
+    w.wait_events("ci-bot", &["Issued"]).await;
     // Settled: nothing is rewritten while nothing changes.
     let writes = |op: &prodgy_operator::app::Running| {
         let text = op.metrics.render().unwrap();
@@ -139,11 +134,7 @@ async fn regeneration_replaces_the_token_with_and_without_grace() {
         "dropped late"
     );
     assert_eq!(w.record(&tok).await.unwrap().hashes.len(), 1);
-    eventually("Regenerated events", Duration::from_secs(5), || async {
-        let r = w.event_reasons("t");
-        (r.iter().filter(|e| *e == "Regenerated").count() >= 1).then_some(())
-    })
-    .await;
+    w.wait_events("t", &["Issued", "Regenerated"]).await;
     op.stop().await.unwrap();
 }
 
@@ -181,14 +172,8 @@ async fn deactivate_activate_and_revoke_update_record_status_and_events() {
         .await;
     assert!(undo.is_err());
 
-    eventually("transition events", Duration::from_secs(5), || async {
-        let r = w.event_reasons("t");
-        ["Issued", "Deactivated", "Activated", "Revoked"]
-            .iter()
-            .all(|want| r.iter().any(|e| e == want))
-            .then_some(())
-    })
-    .await;
+    w.wait_events("t", &["Issued", "Deactivated", "Activated", "Revoked"])
+        .await;
     op.stop().await.unwrap();
 }
 
@@ -341,16 +326,7 @@ async fn reveal_once_then_a_lost_hashed_secret_waits_for_a_regeneration() {
             .message
             .contains("reveal window has closed")
     );
-    eventually(
-        "RevealWindowClosed event",
-        Duration::from_secs(5),
-        || async {
-            w.event_reasons("t")
-                .contains(&"RevealWindowClosed".to_owned())
-                .then_some(())
-        },
-    )
-    .await;
+    w.wait_events("t", &["RevealWindowClosed"]).await;
 
     let name = prodgy_crds::HashedRecord::secret_name(tok.metadata.uid.as_deref().unwrap());
     w.server

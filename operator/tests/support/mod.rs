@@ -175,6 +175,22 @@ impl World {
         out.into_iter().map(|(_, r)| r).collect()
     }
 
+    /// Waits until Events with every one of `reasons` exist for `name`.
+    pub async fn wait_events(&self, name: &str, reasons: &[&str]) {
+        eventually(
+            &format!("events {reasons:?}"),
+            Duration::from_secs(5),
+            || async {
+                let seen = self.event_reasons(name);
+                reasons
+                    .iter()
+                    .all(|want| seen.iter().any(|r| r == want))
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
     /// Everything the server holds that could leak a plaintext: the
     /// ApiTokens, every Event and every hashed Secret, as JSON text.
     pub fn observable_text(&self) -> String {
