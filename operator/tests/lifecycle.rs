@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr
+)]
 //! The real operator against the Kubernetes API test server: issue,
 //! regenerate, (de)activate, revoke, expire, delete, restart, lost Secrets.
 
@@ -191,6 +196,7 @@ async fn expiry_turns_the_phase_within_a_second_of_expires_at() {
     let t = w.wait_phase("t", "Expired").await;
     let seen = Utc::now();
     let lag = seen - expires_at;
+    eprintln!("expired {} ms after expiresAt", lag.num_milliseconds());
     assert!(lag.num_milliseconds() >= 0);
     assert!(
         lag.num_milliseconds() < 1000,

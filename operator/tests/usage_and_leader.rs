@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr
+)]
 //! Usage reports folded into status across operator restarts, and leader
 //! election between two operators, against the Kubernetes API test server.
 
@@ -232,6 +237,7 @@ async fn two_operators_elect_one_leader_and_only_it_writes() {
         leader(&b).then_some(())
     })
     .await;
+    eprintln!("handover took {:?}", handover.elapsed());
     assert!(handover.elapsed() < Duration::from_secs(2), "slow handover");
     w.create("t2", json!({"product": "acme"})).await;
     w.wait_phase("t2", "Active").await;
