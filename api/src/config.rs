@@ -158,6 +158,15 @@ pub struct Args {
     /// Default timeout of an `http` agent's call.
     #[arg(long, global = true, env = "PRODGY_AGENT_HTTP_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub agent_http_timeout: Duration,
+    /// Let `http` agents call loopback, private and link-local addresses
+    /// (off: only public addresses, so tokens cannot read internal services).
+    #[arg(
+        long,
+        global = true,
+        env = "PRODGY_AGENT_ALLOW_PRIVATE_NETWORKS",
+        default_value_t = false
+    )]
+    pub agent_allow_private_networks: bool,
     /// Log format.
     #[arg(long, global = true, env = "PRODGY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -281,6 +290,8 @@ pub struct QueueConfig {
     pub poll_interval: Duration,
     /// Default timeout of an http agent call.
     pub http_timeout: Duration,
+    /// Whether http agents may call non-public addresses.
+    pub allow_private_networks: bool,
 }
 
 /// The validated configuration.
@@ -336,6 +347,7 @@ impl Config {
                 max_attempts: 3,
                 poll_interval: Duration::from_secs(1),
                 http_timeout: Duration::from_secs(30),
+                allow_private_networks: false,
             },
         }
     }
@@ -425,6 +437,7 @@ impl Args {
             max_attempts: self.max_attempts,
             poll_interval: self.poll_interval,
             http_timeout: self.agent_http_timeout,
+            allow_private_networks: self.agent_allow_private_networks,
         };
         Ok(c)
     }

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::answer;
+use crate::egress;
 use crate::error::{Error, Result};
 use crate::integrations::{self, Credentials, check_header};
 use crate::state::AppState;
@@ -238,8 +239,13 @@ async fn run_http(
         .timeout_ms
         .map(Duration::from_millis)
         .unwrap_or(state.config.queue.http_timeout);
+    if !state.config.queue.allow_private_networks
+        && let Some(refusal) = egress::literal_refusal(&url)
+    {
+        return Err(Failure::msg(refusal));
+    }
     let mut req = state
-        .http
+        .agent_http
         .request(method.clone(), url.clone())
         .timeout(timeout);
     if let Some(i) = &integration {
@@ -329,10 +335,21 @@ fn redacted(url: &reqwest::Url) -> String {
 }
 
 fn describe(e: reqwest::Error) -> String {
-    if e.is_timeout() {
+    // The innermost cause says why (e.g. an address refused by the egress
+    // policy); reqwest's own text would repeat the URL.
+    let mut root: &dyn std::error::Error = &e;
+    while let Some(next) = root.source() {
+        root = next;
+    }
+    let cause = root.to_string();
+    if cause.starts_with("blocked: ") {
+        cause
+    } else if e.is_timeout() {
         "timed out".into()
     } else if e.is_connect() {
         "could not connect".into()
+    } else if e.is_redirect() {
+        format!("redirect refused: {cause}")
     } else {
         // Without the URL: its query may hold a credential.
         e.without_url().to_string()

@@ -14,6 +14,7 @@ pub mod chat;
 pub mod config;
 pub mod crypto;
 pub mod db;
+pub mod egress;
 pub mod error;
 pub mod extract;
 pub mod identity;

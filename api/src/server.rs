@@ -51,12 +51,14 @@ pub async fn build_state(config: Config) -> Result<AppState> {
         .user_agent(concat!("prodgy-api/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| Error::Internal(format!("http client: {e}")))?;
+    let agent_http = crate::egress::agent_client(config.queue.allow_private_networks)?;
     Ok(AppState::new(Shared {
         db,
         keyring,
         blobs,
         config,
         metrics: Metrics::new()?,
+        agent_http,
         queue_wake: tokio::sync::Notify::new(),
         http,
     }))

@@ -30,8 +30,10 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Wakes local workers when work is queued (other replicas poll).
     pub queue_wake: Notify,
-    /// Outbound HTTP (agents, chat backend).
+    /// Outbound HTTP to the chat backend (an address the operator chose).
     pub http: reqwest::Client,
+    /// Outbound HTTP of `http` agents (public addresses only, by default).
+    pub agent_http: reqwest::Client,
 }
 
 impl AppState {

@@ -1191,3 +1191,47 @@ async fn the_router_serves_in_process() {
     .await;
     assert!(list["items"].as_array().unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_agents_cannot_reach_private_networks_by_default() {
+    let env = Env::new(&Backend::Sqlite).await;
+    let mut config = env.config();
+    config.queue.allow_private_networks = false;
+    let app = env.start_with(config).await;
+    let api = app.client("acme");
+    let upstream = Upstream::start().await;
+    let port = upstream.base.rsplit(':').next().unwrap().to_owned();
+    for (url, expected) in [
+        (
+            format!("{}/x", upstream.base),
+            "blocked: 127.0.0.1 is a loopback",
+        ),
+        (
+            format!("http://localhost:{port}/x"),
+            "blocked: localhost resolves only to",
+        ),
+        (
+            "http://169.254.169.254/latest/meta-data/".to_owned(),
+            "blocked: 169.254.169.254",
+        ),
+        ("http://[::1]:9/".to_owned(), "blocked: ::1"),
+    ] {
+        let (agent, trigger) = agent_with_trigger(
+            &api,
+            json!({"name": "probe", "kind": "http", "config": {"url": url}}),
+        )
+        .await;
+        let exe = execute(&api, &trigger, json!({})).await;
+        let done = api
+            .wait_execution(&agent, &exe, Duration::from_secs(10))
+            .await;
+        assert_eq!(done["status"], "failed", "{url}");
+        let error = done["error"].as_str().unwrap();
+        assert!(error.contains(expected), "{url}: {error}");
+        assert!(error.contains("--agent-allow-private-networks"), "{error}");
+    }
+    assert!(
+        upstream.requests().is_empty(),
+        "nothing reached the private address"
+    );
+}

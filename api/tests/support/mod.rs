@@ -104,6 +104,8 @@ impl Env {
         c.encryption_key = Some(Secret(self.key.clone()));
         c.queue.workers = 2;
         c.queue.poll_interval = Duration::from_millis(100);
+        // Test upstreams listen on loopback.
+        c.queue.allow_private_networks = true;
         c.queue.lease = Duration::from_secs(2);
         c
     }
