@@ -59,7 +59,7 @@ impl Metrics {
             expiry: GaugeVec::new(
                 Opts::new(
                     "prodgy_operator_token_expiry_timestamp_seconds",
-                    "spec.expiresAt of each ApiToken that expires, as a Unix timestamp.",
+                    "spec.expiresAt of each ApiToken that expires and is neither revoked nor deactivated, as a Unix timestamp.",
                 ),
                 &["namespace", "name"],
             )?,
@@ -217,7 +217,10 @@ impl Metrics {
                     .and_then(|s| s.phase)
                     .unwrap_or(Phase::Pending);
                 self.tokens.with_label_values(&[ns, phase.as_str()]).inc();
-                if let Some(at) = token.spec.expires_at {
+                // A revoked or deactivated token cannot be used anyway: an
+                // "expiring soon" alert for it would only be noise.
+                let usable = !matches!(phase, Phase::Revoked | Phase::Inactive);
+                if let Some(at) = token.spec.expires_at.filter(|_| usable) {
                     // Seconds fit an f64 exactly for any plausible date.
                     #[allow(clippy::cast_precision_loss)]
                     let secs = at.timestamp() as f64;

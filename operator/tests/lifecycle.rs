@@ -393,8 +393,11 @@ async fn metrics_endpoint_reports_tokens_by_phase_and_expiry() {
     let expires = rfc3339_in(Duration::from_secs(3600));
     w.create("a", json!({"product": "acme", "expiresAt": expires}))
         .await;
-    w.create("b", json!({"product": "acme", "active": false}))
-        .await;
+    w.create(
+        "b",
+        json!({"product": "acme", "active": false, "expiresAt": expires}),
+    )
+    .await;
     w.wait_phase("a", "Active").await;
     w.wait_phase("b", "Inactive").await;
     let url = format!("http://{}", op.metrics_addr);
@@ -425,6 +428,11 @@ async fn metrics_endpoint_reports_tokens_by_phase_and_expiry() {
     assert!(body.contains(&format!(
         "prodgy_operator_token_expiry_timestamp_seconds{{name=\"a\",namespace=\"{}\"}} {expiry}",
         w.ns
+    )));
+    // A deactivated token's expiry is not exported: it would only make
+    // the "expiring soon" alert fire for a token nobody can use.
+    assert!(!body.contains(&format!(
+        "prodgy_operator_token_expiry_timestamp_seconds{{name=\"b\""
     )));
     let healthz = http.get(format!("{url}/healthz")).send().await.unwrap();
     assert!(healthz.status().is_success());
