@@ -431,9 +431,7 @@ async fn metrics_endpoint_reports_tokens_by_phase_and_expiry() {
     )));
     // A deactivated token's expiry is not exported: it would only make
     // the "expiring soon" alert fire for a token nobody can use.
-    assert!(!body.contains(&format!(
-        "prodgy_operator_token_expiry_timestamp_seconds{{name=\"b\""
-    )));
+    assert!(!body.contains("prodgy_operator_token_expiry_timestamp_seconds{name=\"b\""));
     let healthz = http.get(format!("{url}/healthz")).send().await.unwrap();
     assert!(healthz.status().is_success());
     let readyz = http.get(format!("{url}/readyz")).send().await.unwrap();
