@@ -112,7 +112,35 @@ pub enum Refusal {
     Revoked,
 }
 
+impl HashEntry {
+    /// The entry of a current (not superseded) token.
+    pub fn current(hash: &TokenHash, regeneration: i64) -> Self {
+        Self {
+            sha256: hash.to_hex(),
+            regeneration,
+            not_after: None,
+        }
+    }
+}
+
 impl HashedRecord {
+    /// An active record of one current token, without expiry, scopes or
+    /// rate limit: the starting point that callers adjust field by field.
+    pub fn active(namespace: &str, name: &str, uid: &str, product: &str, hash: &TokenHash) -> Self {
+        Self {
+            version: RECORD_VERSION,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            uid: uid.to_owned(),
+            product: product.to_owned(),
+            state: RecordState::Active,
+            expires_at: None,
+            scopes: Vec::new(),
+            rate_limit: None,
+            hashes: vec![HashEntry::current(hash, 0)],
+        }
+    }
+
     /// Name of the hashed Secret for an ApiToken UID.
     pub fn secret_name(uid: &str) -> String {
         format!("apitoken-{uid}")
@@ -227,23 +255,13 @@ mod tests {
     fn record() -> HashedRecord {
         let t = Token::generate("prod").unwrap();
         HashedRecord {
-            version: RECORD_VERSION,
-            namespace: "team-a".into(),
-            name: "ci-bot".into(),
-            uid: "1f0c-uid".into(),
-            product: "acme".into(),
-            state: RecordState::Active,
             expires_at: Some(Utc.with_ymd_and_hms(2030, 1, 1, 0, 0, 0).unwrap()),
             scopes: vec![Scope::AgentsRead],
             rate_limit: Some(RateLimit {
                 requests_per_second: 5,
                 burst: None,
             }),
-            hashes: vec![HashEntry {
-                sha256: t.hash().to_hex(),
-                regeneration: 0,
-                not_after: None,
-            }],
+            ..HashedRecord::active("team-a", "ci-bot", "1f0c-uid", "acme", &t.hash())
         }
     }
 

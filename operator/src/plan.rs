@@ -871,11 +871,7 @@ pub fn later(at: DateTime<Utc>, d: TimeDelta) -> DateTime<Utc> {
 }
 
 fn entry_for(token: &Token, regeneration: i64) -> HashEntry {
-    HashEntry {
-        sha256: token.hash().to_hex(),
-        regeneration,
-        not_after: None,
-    }
+    HashEntry::current(&token.hash(), regeneration)
 }
 
 fn delivery_note(

@@ -181,7 +181,7 @@ impl Cells {
 mod tests {
     use std::time::Duration;
 
-    use prodgy_crds::{HashEntry, HashedRecord, RecordState, Token, hashed::RECORD_VERSION};
+    use prodgy_crds::{HashedRecord, Token};
 
     use super::*;
     use crate::index::{Index, IndexWriter, ProductFilter};
@@ -190,25 +190,10 @@ mod tests {
         let t = Token::generate("prod").unwrap();
         let mut w = IndexWriter::new(Arc::new(Index::default()), ProductFilter::default());
         let r = w
-            .compact(&HashedRecord {
-                version: RECORD_VERSION,
-                namespace: "ns".into(),
-                name: "n".into(),
-                uid: "u".into(),
-                product: "p".into(),
-                state: RecordState::Active,
-                expires_at: None,
-                scopes: vec![],
-                rate_limit: None,
-                hashes: vec![HashEntry {
-                    sha256: t.hash().to_hex(),
-                    regeneration: 0,
-                    not_after: None,
-                }],
-            })
+            .compact(&HashedRecord::active("ns", "n", "u", "p", &t.hash()))
             .unwrap();
         let cells = Cells::default();
-        let c = r.cell(&cells).clone();
+        let c = r.cell(&cells);
         (cells, c)
     }
 

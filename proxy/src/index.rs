@@ -18,10 +18,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use chrono::{DateTime, Utc};
 use hashbrown::HashTable;
 use http::HeaderValue;
@@ -71,15 +71,23 @@ pub struct HashSlot {
 /// and to build the identity headers, nothing secret.
 #[derive(Debug)]
 pub struct Record {
-    cell: OnceLock<Arc<TokenCell>>,
+    /// Set on first use; an `ArcSwapOption` is one pointer wide, half an
+    /// `OnceLock`'s size, which counts at a million records.
+    cell: ArcSwapOption<TokenCell>,
     /// `<namespace>/<name><uid>` in one allocation.
     text: Box<str>,
     ns_len: u16,
     label_len: u16,
     first: HashSlot,
-    more: Option<Box<[HashSlot]>>,
+    /// Superseded digests in their grace period (rare): a thin pointer.
+    #[expect(
+        clippy::box_collection,
+        reason = "8 bytes instead of a boxed slice's 16, times a million records"
+    )]
+    more: Option<Box<Vec<HashSlot>>>,
     expires_at: i64,
-    rate: Option<(u32, u32)>,
+    /// `(requests per second, burst)`; `rps == 0` means unlimited.
+    rate: (u32, u32),
     product: Arc<Product>,
     scopes: ScopeSet,
     state: RecordState,
@@ -112,7 +120,7 @@ impl Record {
     }
     /// `(requests per second, burst)` when rate-limited.
     pub fn rate(&self) -> Option<(u32, u32)> {
-        self.rate
+        (self.rate.0 > 0).then_some(self.rate)
     }
 
     fn slots(&self) -> impl Iterator<Item = &HashSlot> {
@@ -146,8 +154,14 @@ impl Record {
     }
 
     /// The usage and metrics cell of this token, created on first use.
-    pub fn cell(&self, cells: &Cells) -> &Arc<TokenCell> {
-        self.cell.get_or_init(|| cells.resolve(self))
+    /// Racing first uses resolve the same cell from the registry.
+    pub fn cell(&self, cells: &Cells) -> Arc<TokenCell> {
+        if let Some(c) = self.cell.load_full() {
+            return c;
+        }
+        let c = cells.resolve(self);
+        self.cell.store(Some(c.clone()));
+        c
     }
 }
 
@@ -419,17 +433,17 @@ impl IndexWriter {
         text.push_str(&r.name);
         text.push_str(&r.uid);
         Ok(Arc::new(Record {
-            cell: OnceLock::new(),
+            cell: ArcSwapOption::empty(),
             text: text.into_boxed_str(),
             ns_len,
             label_len: label_len16,
             first,
-            more: (!more.is_empty()).then(|| more.into_boxed_slice()),
+            more: (!more.is_empty()).then(|| Box::new(more)),
             expires_at: nanos(r.expires_at),
             rate: r
                 .rate_limit
                 .as_ref()
-                .map(|l| (l.requests_per_second.max(1), l.burst().max(1))),
+                .map_or((0, 0), |l| (l.requests_per_second.max(1), l.burst().max(1))),
             product: self.product(&r.product)?,
             scopes: r.scope_set(),
             state: r.state,
@@ -604,29 +618,18 @@ impl IndexWriter {
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone;
-    use prodgy_crds::{HashEntry, RateLimit, Scope, Token, hashed::RECORD_VERSION};
+    use prodgy_crds::{HashEntry, RateLimit, Scope, Token};
 
     use super::*;
 
     fn record(uid: &str, token: &Token) -> HashedRecord {
         HashedRecord {
-            version: RECORD_VERSION,
-            namespace: "team-a".into(),
-            name: format!("tok-{uid}"),
-            uid: uid.into(),
-            product: "acme".into(),
-            state: RecordState::Active,
-            expires_at: None,
             scopes: vec![Scope::AgentsRead],
             rate_limit: Some(RateLimit {
                 requests_per_second: 5,
                 burst: None,
             }),
-            hashes: vec![HashEntry {
-                sha256: token.hash().to_hex(),
-                regeneration: 0,
-                not_after: None,
-            }],
+            ..HashedRecord::active("team-a", &format!("tok-{uid}"), uid, "acme", &token.hash())
         }
     }
 
@@ -699,11 +702,7 @@ mod tests {
         let mut hr2 = hr.clone();
         let until = Utc::now() + chrono::Duration::hours(1);
         hr2.hashes = vec![
-            HashEntry {
-                sha256: new.hash().to_hex(),
-                regeneration: 1,
-                not_after: None,
-            },
+            HashEntry::current(&new.hash(), 1),
             HashEntry {
                 sha256: old.hash().to_hex(),
                 regeneration: 0,
@@ -790,6 +789,17 @@ mod tests {
         hr.product = "other".into();
         assert!(!w.compact(&hr).unwrap().product().served());
         assert!(ProductFilter::new([String::new()]).serves("anything"));
+    }
+
+    #[test]
+    fn records_and_slots_stay_compact() {
+        // A million of each: every 8 bytes here is 8 MB of RSS.
+        assert!(
+            size_of::<Record>() <= 104,
+            "Record is {} bytes",
+            size_of::<Record>()
+        );
+        assert_eq!(size_of::<Slot>(), 16);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, header};
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::HttpModules;
 use pingora::prelude::{HttpPeer, Session};
 use pingora::proxy::{FailToProxy, ProxyHttp};
 use pingora::{Error as PError, ErrorType};
@@ -36,6 +37,8 @@ pub struct RequestCtx {
     cell: Option<Arc<TokenCell>>,
     /// The verified record when the request is allowed.
     grant: Option<Arc<Record>>,
+    /// Wall clock at the decision, unix ms (the token's "last used").
+    wall_ms: i64,
     _in_flight: InFlight,
 }
 
@@ -139,7 +142,7 @@ impl AuthProxy {
             .lookup(&digest)
             .ok_or(Reason::UnknownToken)?;
         let record = found.record;
-        let cell = record.cell(&self.state.cells).clone();
+        let cell = record.cell(&self.state.cells);
         let refuse = |reason: Reason| Refused {
             reason,
             scope: None,
@@ -210,6 +213,11 @@ impl AuthProxy {
 impl ProxyHttp for AuthProxy {
     type CTX = RequestCtx;
 
+    /// No downstream modules: the default adds a (disabled) compression
+    /// module whose per-request context costs an allocation and a filter
+    /// pass, and this proxy never compresses.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
+
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             start: Instant::now(),
@@ -217,6 +225,7 @@ impl ProxyHttp for AuthProxy {
             rejected: None,
             cell: None,
             grant: None,
+            wall_ms: 0,
             _in_flight: InFlight::start(),
         }
     }
@@ -226,6 +235,8 @@ impl ProxyHttp for AuthProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
+        let now = clock::unix_nanos();
+        ctx.wall_ms = now / 1_000_000;
         let req = session.req_header();
         let route = scope::route(req.method.as_str(), req.uri.path());
         ctx.group = route.group;
@@ -240,8 +251,8 @@ impl ProxyHttp for AuthProxy {
             self.decide(
                 session.req_header(),
                 route,
-                clock::unix_nanos(),
-                clock::mono_nanos(),
+                now,
+                clock::mono_nanos_at(ctx.start),
             )
         };
         match decision {
@@ -290,10 +301,10 @@ impl ProxyHttp for AuthProxy {
         for name in &spoofed {
             upstream.remove_header(name);
         }
-        upstream.insert_header(identity::PRODUCT, record.product().header().clone())?;
-        upstream.insert_header(identity::TOKEN, cell.token_header().clone())?;
-        upstream.insert_header(identity::TOKEN_UID, cell.uid_header().clone())?;
-        upstream.insert_header(identity::SCOPES, scopes_header(record.scopes()))?;
+        upstream.append_header(identity::PRODUCT, record.product().header().clone())?;
+        upstream.append_header(identity::TOKEN, cell.token_header().clone())?;
+        upstream.append_header(identity::TOKEN_UID, cell.uid_header().clone())?;
+        upstream.append_header(identity::SCOPES, scopes_header(record.scopes()))?;
         Ok(())
     }
 
@@ -355,7 +366,7 @@ impl ProxyHttp for AuthProxy {
         if let Some(cell) = &ctx.cell {
             cell.record_request(ctx.group, status);
             if forwarded {
-                cell.record_use(clock::unix_ms());
+                cell.record_use(ctx.wall_ms);
             }
         }
         self.state.metrics.request_finished(

@@ -106,7 +106,7 @@ impl Control {
             (Some((cfg, epoch)), Some(c)) => {
                 tracing::info!(replica = %cfg.replica, epoch = %epoch, "usage reports enabled");
                 Some((
-                    Reporter::new(cfg.replica.clone(), epoch.clone()),
+                    Reporter::new(cfg.replica.clone(), epoch.clone(), cfg.rotate_after),
                     Api::<UsageReport>::namespaced(c.clone(), &cfg.namespace),
                     cfg.interval,
                 ))
@@ -191,6 +191,7 @@ pub fn run(config: Config) -> Result<()> {
     let conf = ServerConf {
         threads: config.threads,
         upstream_keepalive_pool_size: config.upstream_keepalive_pool,
+        work_stealing: config.work_stealing,
         // A backstop only: the control task exits once drained.
         grace_period_seconds: Some(config.shutdown_timeout.as_secs() + 10),
         graceful_shutdown_timeout_seconds: Some(1),

@@ -9,8 +9,9 @@
 //! interval, even when idle: its `updatedAt` is the heartbeat that tells the
 //! operator the epoch is still alive.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -37,20 +38,46 @@ pub fn new_epoch() -> Result<String> {
 }
 
 /// Builds and writes one process's reports.
+///
+/// Counts in a report are those of its epoch: the process-wide total minus
+/// what earlier epochs of this process already reported. A new epoch starts
+/// when a report this epoch had written is gone (the operator retired it
+/// while the proxy could not write) and before writing after a gap longer
+/// than `rotate_after` (the operator may be retiring it right now), so
+/// counts the operator folded are never reported again.
 #[derive(Debug)]
 pub struct Reporter {
     replica: String,
     epoch: String,
+    rotate_after: Duration,
     shards: HashMap<Box<str>, u32>,
+    /// Per token: the process-wide count earlier epochs reported.
+    base: HashMap<Box<str>, u64>,
+    /// Per token: the process-wide count the last acknowledged write of
+    /// this epoch carried.
+    acked: HashMap<Box<str>, u64>,
+    /// Per shard of the last `build`: its tokens' process-wide counts.
+    pending: HashMap<u32, Vec<(Box<str>, u64)>>,
+    /// Shards of this epoch that exist on the API server.
+    written: HashSet<u32>,
+    /// When a flush last succeeded entirely.
+    last_ok: Option<Instant>,
 }
 
 impl Reporter {
-    /// A reporter for `replica` in `epoch`.
-    pub fn new(replica: String, epoch: String) -> Self {
+    /// A reporter for `replica` in `epoch` that starts a new epoch after
+    /// `rotate_after` without a successful write.
+    pub fn new(replica: String, epoch: String, rotate_after: Duration) -> Self {
         Self {
             replica,
             epoch,
+            rotate_after,
             shards: HashMap::new(),
+            base: HashMap::new(),
+            acked: HashMap::new(),
+            pending: HashMap::new(),
+            written: HashSet::new(),
+            last_ok: None,
         }
     }
 
@@ -59,35 +86,68 @@ impl Reporter {
         &self.epoch
     }
 
-    /// The reports for the current counts (pure). Tokens never used are
-    /// left out; a token's products are summed.
+    /// Starts `epoch`: what the current epoch's acknowledged writes carried
+    /// becomes the base the new epoch's counts start from.
+    pub fn rotate(&mut self, epoch: String) {
+        for (uid, count) in self.acked.drain() {
+            self.base.insert(uid, count);
+        }
+        self.epoch = epoch;
+        self.shards.clear();
+        self.pending.clear();
+        self.written.clear();
+    }
+
+    /// Whether the gap since the last successful flush calls for a new
+    /// epoch before writing (pure).
+    pub fn stale(&self, now: Instant) -> bool {
+        self.last_ok
+            .is_some_and(|t| now.saturating_duration_since(t) > self.rotate_after)
+    }
+
+    /// Records that `shard`'s report as last built is on the API server.
+    fn ack(&mut self, shard: u32) {
+        self.written.insert(shard);
+        for (uid, count) in self.pending.remove(&shard).unwrap_or_default() {
+            self.acked.insert(uid, count);
+        }
+    }
+
+    /// The reports for the current counts (pure). Tokens without use in
+    /// this epoch are left out; a token's products are summed.
     pub fn build(&mut self, cells: &[Arc<TokenCell>], now: DateTime<Utc>) -> Vec<UsageReport> {
-        let mut per_shard: BTreeMap<u32, BTreeMap<String, TokenUsage>> = BTreeMap::new();
+        let mut totals: BTreeMap<&str, (u64, i64, &TokenCell)> = BTreeMap::new();
         for cell in cells {
             let (count, last_ms) = cell.usage();
+            let t = totals.entry(cell.uid()).or_insert((0, last_ms, cell));
+            t.0 = t.0.saturating_add(count);
+            t.1 = t.1.max(last_ms);
+        }
+        let mut per_shard: BTreeMap<u32, BTreeMap<String, TokenUsage>> = BTreeMap::new();
+        self.pending.clear();
+        for (uid, (total, last_ms, cell)) in totals {
+            let count = total.saturating_sub(self.base.get(uid).copied().unwrap_or(0));
             if count == 0 {
                 continue;
             }
             let next = self.shards.len();
             let shard = *self
                 .shards
-                .entry(cell.uid().into())
+                .entry(uid.into())
                 .or_insert_with(|| u32::try_from(next / MAX_TOKENS_PER_REPORT).unwrap_or(u32::MAX));
-            let last = Utc.timestamp_millis_opt(last_ms).single().unwrap_or(now);
-            let entry = per_shard
+            self.pending
                 .entry(shard)
                 .or_default()
-                .entry(cell.uid().to_owned())
-                .or_insert_with(|| TokenUsage {
+                .push((uid.into(), total));
+            per_shard.entry(shard).or_default().insert(
+                uid.to_owned(),
+                TokenUsage {
                     namespace: cell.namespace().to_owned(),
                     name: cell.name().to_owned(),
-                    count: 0,
-                    last_used_at: last,
-                });
-            entry.count = entry
-                .count
-                .saturating_add(i64::try_from(count).unwrap_or(i64::MAX));
-            entry.last_used_at = entry.last_used_at.max(last);
+                    count: i64::try_from(count).unwrap_or(i64::MAX),
+                    last_used_at: Utc.timestamp_millis_opt(last_ms).single().unwrap_or(now),
+                },
+            );
         }
         per_shard
             .into_iter()
@@ -112,13 +172,23 @@ impl Reporter {
             .collect()
     }
 
-    /// Writes every report: a merge patch, or a create when the object does
-    /// not exist yet. Returns how many were written.
+    /// Writes every report: a merge patch, or a create for a shard new to
+    /// this epoch. Returns how many were written. A report of this epoch
+    /// found gone starts a new epoch; its counts go out with the next flush.
     pub async fn flush(
         &mut self,
         api: &Api<UsageReport>,
         cells: &[Arc<TokenCell>],
     ) -> Result<usize> {
+        if self.stale(Instant::now()) {
+            let epoch = new_epoch()?;
+            tracing::info!(
+                old = %self.epoch,
+                new = %epoch,
+                "no usage report written for too long; starting a new epoch"
+            );
+            self.rotate(epoch);
+        }
         let reports = self.build(cells, Utc::now());
         let mut written = 0;
         for r in &reports {
@@ -132,6 +202,16 @@ impl Reporter {
                 .await;
             match res {
                 Ok(_) => {}
+                Err(kube::Error::Api(s))
+                    if s.code == 404 && self.written.contains(&r.spec.shard) =>
+                {
+                    let epoch = new_epoch()?;
+                    self.rotate(epoch);
+                    return Err(Error::Kube(format!(
+                        "usage report {name} was retired while in use; its counts go out in epoch {}",
+                        self.epoch
+                    )));
+                }
                 Err(kube::Error::Api(s)) if s.code == 404 => {
                     api.create(&PostParams::default(), r)
                         .await
@@ -139,15 +219,17 @@ impl Reporter {
                 }
                 Err(e) => return Err(Error::Kube(e.to_string())),
             }
+            self.ack(r.spec.shard);
             written += 1;
         }
+        self.last_ok = Some(Instant::now());
         Ok(written)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use prodgy_crds::{HashEntry, HashedRecord, RecordState, Token, hashed::RECORD_VERSION};
+    use prodgy_crds::{HashedRecord, Token};
 
     use super::*;
     use crate::cells::Cells;
@@ -161,24 +243,15 @@ mod tests {
             for p in products {
                 let t = Token::generate("prod").unwrap();
                 let r = w
-                    .compact(&HashedRecord {
-                        version: RECORD_VERSION,
-                        namespace: "ns".into(),
-                        name: format!("t{i}"),
-                        uid: format!("uid-{i}"),
-                        product: (*p).into(),
-                        state: RecordState::Active,
-                        expires_at: None,
-                        scopes: vec![],
-                        rate_limit: None,
-                        hashes: vec![HashEntry {
-                            sha256: t.hash().to_hex(),
-                            regeneration: 0,
-                            not_after: None,
-                        }],
-                    })
+                    .compact(&HashedRecord::active(
+                        "ns",
+                        &format!("t{i}"),
+                        &format!("uid-{i}"),
+                        p,
+                        &t.hash(),
+                    ))
                     .unwrap();
-                out.push(r.cell(&cells).clone());
+                out.push(r.cell(&cells));
             }
         }
         (cells, out)
@@ -191,7 +264,7 @@ mod tests {
         cs[1].record_use(3_000);
         cs[1].record_use(2_000);
         cs[4].record_use(5_000);
-        let mut rep = Reporter::new("Pod_1".into(), "ep0ch".into());
+        let mut rep = Reporter::new("Pod_1".into(), "ep0ch".into(), Duration::from_secs(60));
         let now = Utc::now();
         let reports = rep.build(&cs, now);
         assert_eq!(reports.len(), 1);
@@ -220,7 +293,7 @@ mod tests {
         for c in &cs[MAX_TOKENS_PER_REPORT..] {
             c.record_use(1);
         }
-        let mut rep = Reporter::new("p".into(), "e".into());
+        let mut rep = Reporter::new("p".into(), "e".into(), Duration::from_secs(60));
         let first = rep.build(&cs, Utc::now());
         assert_eq!(first.len(), 1);
         for c in &cs {
@@ -235,6 +308,58 @@ mod tests {
         let late = format!("uid-{}", MAX_TOKENS_PER_REPORT + 3);
         assert!(second[0].spec.tokens.contains_key(&late));
         assert_eq!(second[0].spec.tokens[&late].count, 2);
+    }
+
+    #[test]
+    fn a_new_epoch_reports_only_what_the_old_one_had_not_acknowledged() {
+        let (_, cs) = cells(2, &["a"]);
+        let mut rep = Reporter::new("p".into(), "one".into(), Duration::from_secs(60));
+        for _ in 0..5 {
+            cs[0].record_use(1);
+        }
+        cs[1].record_use(1);
+        let first = rep.build(&cs, Utc::now());
+        assert_eq!(count(&first, "uid-0"), 5);
+        rep.ack(0);
+        // Two more uses that were built but never acknowledged (the write failed).
+        cs[0].record_use(2);
+        cs[0].record_use(2);
+        let unacked = rep.build(&cs, Utc::now());
+        assert_eq!(count(&unacked, "uid-0"), 7);
+        rep.rotate("two".into());
+        assert_eq!(rep.epoch(), "two");
+        let next = rep.build(&cs, Utc::now());
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].metadata.name.as_deref(), Some("p-two-0"));
+        assert_eq!(count(&next, "uid-0"), 2, "5 were reported in epoch one");
+        assert!(
+            !next[0].spec.tokens.contains_key("uid-1"),
+            "no use since the acknowledged write"
+        );
+        // Old epoch + new epoch = every use, once.
+        rep.ack(0);
+        cs[1].record_use(3);
+        rep.rotate("three".into());
+        let third = rep.build(&cs, Utc::now());
+        assert_eq!((count(&third, "uid-0"), count(&third, "uid-1")), (0, 1));
+    }
+
+    #[test]
+    fn a_gap_longer_than_the_rotation_window_is_stale() {
+        let mut rep = Reporter::new("p".into(), "e".into(), Duration::from_secs(60));
+        let t = Instant::now();
+        assert!(!rep.stale(t + Duration::from_secs(3600)), "never written");
+        rep.last_ok = Some(t);
+        assert!(!rep.stale(t + Duration::from_secs(60)));
+        assert!(rep.stale(t + Duration::from_secs(61)));
+    }
+
+    fn count(reports: &[UsageReport], uid: &str) -> i64 {
+        reports
+            .iter()
+            .filter_map(|r| r.spec.tokens.get(uid))
+            .map(|t| t.count)
+            .sum()
     }
 
     #[test]

@@ -140,11 +140,7 @@ async fn revoke_deactivate_and_regenerate_reach_the_proxy_within_a_second() {
 
     let fresh = Token::generate("prod").unwrap();
     let mut regenerated = r.record.clone();
-    regenerated.hashes = vec![HashEntry {
-        sha256: fresh.hash().to_hex(),
-        regeneration: 1,
-        not_after: None,
-    }];
+    regenerated.hashes = vec![HashEntry::current(&fresh.hash(), 1)];
     let t_regen = propagation(&c, &p, &regenerated, &r.bearer(), "unknown_token").await;
     assert_eq!(code(&p, &format!("Bearer {}", fresh.expose())).await, "ok");
 
@@ -400,4 +396,83 @@ async fn usage_reports_are_written_periodically_and_flushed_on_sigterm() {
             "{verb} on apitokens"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retired_report_or_a_long_outage_starts_a_new_epoch_without_double_counting() {
+    let c = cluster().await;
+    let up = Upstream::start().await;
+    let a = issue("team-a", "ci", "acme");
+    c.apply(&a.record).await;
+    let p = c
+        .proxy(
+            &up,
+            &[
+                "--usage-reports",
+                "--usage-flush-interval=500ms",
+                "--usage-report-retention=3s",
+                "--replica=pod-a",
+            ],
+            true,
+        )
+        .await;
+    let epoch_of = |r: &UsageReport| r.spec.epoch.clone();
+    for _ in 0..3 {
+        assert_eq!(code(&p, &a.bearer()).await, "ok");
+    }
+    eventually(Duration::from_secs(5), || async {
+        count_in(&reports(&c), &a.record.uid) == 3
+    })
+    .await
+    .expect("first report never written");
+    let first = epoch_of(&reports(&c)[0]);
+
+    // The operator folds the report (3 now in the token's ledger) and deletes it.
+    let name = reports(&c)[0].metadata.name.clone().unwrap();
+    c.server
+        .delete_object("usagereports.prodgy.io", Some(NS), &name)
+        .unwrap();
+    for _ in 0..2 {
+        assert_eq!(code(&p, &a.bearer()).await, "ok");
+    }
+    eventually(Duration::from_secs(5), || async {
+        count_in(&reports(&c), &a.record.uid) == 2
+    })
+    .await
+    .expect("the uses after the retirement were never reported");
+    let rs = reports(&c);
+    assert_eq!(rs.len(), 1);
+    let second = epoch_of(&rs[0]);
+    assert_ne!(first, second, "a retired report name was reused");
+
+    // An outage longer than half the retention: the operator may be folding
+    // the report, so the proxy moves on to a new epoch afterwards.
+    assert_eq!(code(&p, &a.bearer()).await, "ok");
+    eventually(Duration::from_secs(5), || async {
+        count_in(&reports(&c), &a.record.uid) == 3
+    })
+    .await
+    .expect("third use never reported");
+    c.server.set_available(false);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(code(&p, &a.bearer()).await, "ok", "enforcement continues");
+    c.server.set_available(true);
+    eventually(Duration::from_secs(5), || async { reports(&c).len() == 2 })
+        .await
+        .expect("no new epoch after the outage");
+    let rs = reports(&c);
+    let by_epoch = |e: &str| {
+        rs.iter()
+            .filter(|r| r.spec.epoch == e)
+            .map(|r| r.spec.tokens[&a.record.uid].count)
+            .sum::<i64>()
+    };
+    assert_eq!(
+        by_epoch(&second),
+        3,
+        "the old epoch's report was left as written"
+    );
+    let third = rs.iter().map(epoch_of).find(|e| *e != second).unwrap();
+    assert_eq!(by_epoch(&third), 1, "only the use during the outage");
+    assert!(p.logs().contains("starting a new epoch"));
 }

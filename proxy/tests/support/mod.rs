@@ -14,8 +14,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
-use prodgy_crds::hashed::RECORD_VERSION;
-use prodgy_crds::{HashEntry, HashedRecord, RateLimit, RecordState, Scope, Token};
+use prodgy_crds::{HashedRecord, RateLimit, RecordState, Scope, Token};
 
 /// One request as the upstream saw it.
 #[derive(Clone, Debug)]
@@ -118,22 +117,8 @@ pub struct Issued {
 
 pub fn issue(namespace: &str, name: &str, product: &str) -> Issued {
     let token = Token::generate("prod").unwrap();
-    let record = HashedRecord {
-        version: RECORD_VERSION,
-        namespace: namespace.into(),
-        name: name.into(),
-        uid: format!("uid-{name}-{}", &token.hash().to_hex()[..8]),
-        product: product.into(),
-        state: RecordState::Active,
-        expires_at: None,
-        scopes: vec![],
-        rate_limit: None,
-        hashes: vec![HashEntry {
-            sha256: token.hash().to_hex(),
-            regeneration: 0,
-            not_after: None,
-        }],
-    };
+    let uid = format!("uid-{name}-{}", &token.hash().to_hex()[..8]);
+    let record = HashedRecord::active(namespace, name, &uid, product, &token.hash());
     Issued { token, record }
 }
 
