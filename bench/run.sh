@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Proxy benchmark: one run, interleaved rounds, loopback only.
 #
-#   bench/run.sh            # release build, 3 rounds x 5 targets x 10 s
+#   bench/run.sh            # release build, 7 rounds x 6 targets x 5 s
 #   ROUNDS=1 DURATION=5 bench/run.sh
 #
 # Targets, all behind the same upstream (nginx, one worker, `return 200`):
@@ -19,8 +19,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-ROUNDS=${ROUNDS:-3}
-DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-7}
+DURATION=${DURATION:-5}
 CONNECTIONS=${CONNECTIONS:-50}
 TOKENS=${TOKENS:-1000000}
 SPREAD=${SPREAD:-10000}
@@ -123,7 +123,7 @@ run_wrk() { # name port file
   p50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
   p99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
   non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$out"); non2xx=${non2xx:-0}
-  printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$rps" "$p50" "$p99" "$non2xx" >> "$RAW"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$ROUND" "$1" "$rps" "$p50" "$p99" "$non2xx" >> "$RAW"
   printf '   %-12s %10s rps  p50 %7s ms  p99 %7s ms  non-2xx %s\n' "$1" "$rps" "$p50" "$p99" "$non2xx"
 }
 
@@ -135,6 +135,7 @@ for t in "${TARGETS[@]}"; do
 done
 
 for r in $(seq 1 "$ROUNDS"); do
+  ROUND=$r
   echo "== round $r/$ROUNDS"
   # Rotate the order each round so no target always runs first.
   for i in $(seq 0 $((${#TARGETS[@]} - 1))); do
@@ -150,28 +151,34 @@ STAMP=$(date -u +%Y-%m-%dT%H:%MZ)
   echo
   echo "$(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)); system under test on CPU $SUT_CPU"
   echo "with $THREADS worker thread(s), work stealing $WORK_STEALING; upstream and wrk on CPU $LOAD_CPU;"
-  echo "wrk -t1 -c$CONNECTIONS, $ROUNDS interleaved rounds of ${DURATION}s per target; medians of the rounds."
+  echo "wrk -t1 -c$CONNECTIONS, $ROUNDS interleaved rounds of ${DURATION}s per target; medians of the rounds,"
+  echo "ratios to passthrough taken within each round."
   echo
   echo "| target | RPS | × passthrough | p50 ms | × | p99 ms | × | non-2xx |"
   echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+  # Ratios are taken within each round (the targets ran seconds apart, under
+  # the same background load) and then the median over the rounds.
   awk -F'\t' '
     function median(a, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
       return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
-    { k = $1; n[k]++; rps[k, n[k]] = $2; p50[k, n[k]] = $3; p99[k, n[k]] = $4; bad[k] += $5; if (!(k in seen)) { seen[k] = 1; order[++m] = k } }
+    { r = $1; k = $2; n[k]++; rps[k, r] = $3; p50[k, r] = $4; p99[k, r] = $5; bad[k] += $6; rounds[r] = 1
+      if (!(k in seen)) { seen[k] = 1; order[++m] = k } }
     END {
-      for (x = 1; x <= m; x++) { k = order[x]
-        for (i = 1; i <= n[k]; i++) { a[i] = rps[k, i] } R[k] = median(a, n[k])
-        for (i = 1; i <= n[k]; i++) { a[i] = p50[k, i] } P5[k] = median(a, n[k])
-        for (i = 1; i <= n[k]; i++) { a[i] = p99[k, i] } P9[k] = median(a, n[k]) }
       b = "passthrough"
       for (x = 1; x <= m; x++) { k = order[x]
-        printf "| %s | %.0f | %.2f | %.3f | %.2f | %.3f | %.2f | %d |\n", k, R[k], R[k] / R[b], P5[k], P5[k] / P5[b], P9[k], P9[k] / P9[b], bad[k] }
+        split("", v); i = 0; for (r in rounds) v[++i] = rps[k, r]; R = median(v, i)
+        split("", v); i = 0; for (r in rounds) v[++i] = p50[k, r]; P5 = median(v, i)
+        split("", v); i = 0; for (r in rounds) v[++i] = p99[k, r]; P9 = median(v, i)
+        split("", v); i = 0; for (r in rounds) v[++i] = rps[k, r] / rps[b, r]; XR = median(v, i)
+        split("", v); i = 0; for (r in rounds) v[++i] = p50[k, r] / p50[b, r]; X5 = median(v, i)
+        split("", v); i = 0; for (r in rounds) v[++i] = p99[k, r] / p99[b, r]; X9 = median(v, i)
+        printf "| %s | %.0f | %.2f | %.3f | %.2f | %.3f | %.2f | %d |\n", k, R, XR, P5, X5, P9, X9, bad[k] }
     }' "$RAW"
   echo
   echo "1,000,000 tokens: ready ${LOAD_S} s after start (file parsed and indexed in ${LOAD_LOG} ms);"
   echo "RSS ${RSS_LOADED} MB once loaded (peak during load ${HWM_LOADED} MB), ${RSS_AFTER} MB after the runs."
   echo
-  echo "Raw rounds (target, RPS, p50 ms, p99 ms, non-2xx):"
+  echo "Raw rounds (round, target, RPS, p50 ms, p99 ms, non-2xx):"
   echo
   echo '```'
   cat "$RAW"
