@@ -410,7 +410,7 @@ async fn a_retired_report_or_a_long_outage_starts_a_new_epoch_without_double_cou
             &[
                 "--usage-reports",
                 "--usage-flush-interval=500ms",
-                "--usage-report-retention=3s",
+                "--usage-report-retention=6s",
                 "--replica=pod-a",
             ],
             true,
@@ -453,8 +453,9 @@ async fn a_retired_report_or_a_long_outage_starts_a_new_epoch_without_double_cou
     })
     .await
     .expect("third use never reported");
+    // Half the retention is 3 s; the last write was at most 0.5 s ago.
     c.server.set_available(false);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(code(&p, &a.bearer()).await, "ok", "enforcement continues");
     c.server.set_available(true);
     eventually(Duration::from_secs(5), || async { reports(&c).len() == 2 })
