@@ -33,8 +33,9 @@ generate: ## Regenerate the CRD YAML (and the chart's copy) from the Rust types
 check-generated: generate ## Fail when generated files differ from what is committed
 	git diff --exit-code -- crds/apitoken.yaml charts/prodgy/templates
 
-bench: ## Proxy benchmark (release build, loopback, interleaved rounds)
+bench: ## Proxy benchmark (release build, loopback, interleaved rounds), then instructions per request
 	./bench/run.sh
+	./bench/instructions.sh
 
 e2e: ## kind end-to-end suite (needs Docker and kind; skips with a message otherwise)
 	./hack/kind-e2e.sh
