@@ -301,6 +301,8 @@ impl ProxyHttp for AuthProxy {
         for name in &spoofed {
             upstream.remove_header(name);
         }
+        // Append, not insert: every identity header is gone by now, and an
+        // append skips the search for an existing one.
         upstream.append_header(identity::PRODUCT, record.product().header().clone())?;
         upstream.append_header(identity::TOKEN, cell.token_header().clone())?;
         upstream.append_header(identity::TOKEN_UID, cell.uid_header().clone())?;
