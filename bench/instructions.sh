@@ -13,24 +13,10 @@
 # its portable code, so the proxy's hashing is counted at its slowest.
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/common.sh
+. "$(dirname "$0")/common.sh"
 REQUESTS=${REQUESTS:-2000}
-WORK=$(mktemp -d /tmp/prodgy-instr.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"   # holds plaintext benchmark tokens
-}
-trap cleanup EXIT
-
-for tool in valgrind callgrind_control nginx curl; do
-  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install -y valgrind nginx curl)" >&2; exit 1; }
-done
-
-cargo build --release -q -p prodgy-proxy -p prodgy-bench --manifest-path "$ROOT/Cargo.toml"
-BIN="$ROOT/target/release"
-mkdir -p "$WORK/tmp"
+bench_setup instr valgrind callgrind_control nginx curl
 "$BIN/bench-tokens" --count 10000 --spread 10000 --out "$WORK/tokens"
 head -1 "$WORK/tokens/tokens.txt" > "$WORK/tokens/one.txt"
 sed "s#@WORK@#$WORK#g" "$ROOT/bench/nginx/upstream.conf" > "$WORK/upstream.conf"

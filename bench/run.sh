@@ -18,7 +18,8 @@
 # header, so request sizes match. Results: bench/results/latest.md.
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/common.sh
+. "$(dirname "$0")/common.sh"
 ROUNDS=${ROUNDS:-7}
 DURATION=${DURATION:-5}
 CONNECTIONS=${CONNECTIONS:-50}
@@ -28,25 +29,9 @@ THREADS=${THREADS:-1}
 WORK_STEALING=${WORK_STEALING:-false}
 SUT_CPU=${SUT_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
-WORK=$(mktemp -d /tmp/prodgy-bench.XXXXXX)
 RESULTS="$ROOT/bench/results"
-mkdir -p "$RESULTS" "$WORK/tmp"
-
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"   # holds plaintext benchmark tokens
-}
-trap cleanup EXIT
-
-for tool in wrk nginx taskset curl; do
-  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install -y nginx wrk util-linux curl)" >&2; exit 1; }
-done
-
-echo "== build (release)"
-cargo build --release -q -p prodgy-proxy -p prodgy-bench --manifest-path "$ROOT/Cargo.toml"
-BIN="$ROOT/target/release"
+mkdir -p "$RESULTS"
+bench_setup bench wrk nginx taskset curl
 
 echo "== tokens: $TOKENS records, $SPREAD used"
 start=$(date +%s.%N)
@@ -88,7 +73,7 @@ LOAD_S=$(awk -v a="$(date +%s.%N)" -v b="$start" 'BEGIN {printf "%.2f", a - b}')
 LOAD_LOG=$(grep -o '"elapsed_ms":[0-9]*' "$WORK/proxy-18210.log" | head -1 | cut -d: -f2)
 RSS_LOADED=$(rss_mb "$BIG"); HWM_LOADED=$(hwm_mb "$BIG")
 LOADED=$(curl -s http://127.0.0.1:18211/metrics | awk '/^prodgy_proxy_tokens_loaded / {print $2}')
-echo "   1M proxy ready in ${LOAD_S}s (file load ${LOAD_LOG} ms), $LOADED tokens, RSS ${RSS_LOADED} MB (peak ${HWM_LOADED} MB)"
+echo "   $TOKENS-token proxy ready in ${LOAD_S}s (file load ${LOAD_LOG} ms), $LOADED tokens, RSS ${RSS_LOADED} MB (peak ${HWM_LOADED} MB)"
 wait_http http://127.0.0.1:18201/readyz 200
 wait_http http://127.0.0.1:18081/ 200
 wait_http http://127.0.0.1:18100/ 200
@@ -175,7 +160,7 @@ STAMP=$(date -u +%Y-%m-%dT%H:%MZ)
         printf "| %s | %.0f | %.2f | %.3f | %.2f | %.3f | %.2f | %d |\n", k, R, XR, P5, X5, P9, X9, bad[k] }
     }' "$RAW"
   echo
-  echo "1,000,000 tokens: ready ${LOAD_S} s after start (file parsed and indexed in ${LOAD_LOG} ms);"
+  echo "$TOKENS tokens: ready ${LOAD_S} s after start (file parsed and indexed in ${LOAD_LOG} ms);"
   echo "RSS ${RSS_LOADED} MB once loaded (peak during load ${HWM_LOADED} MB), ${RSS_AFTER} MB after the runs."
   echo
   echo "Raw rounds (round, target, RPS, p50 ms, p99 ms, non-2xx):"
