@@ -897,10 +897,8 @@ async fn products_are_isolated(b: Backend) {
         assert_eq!(a.get(path).await.0, StatusCode::OK, "{path}");
     }
     let body = a
-        .req(Method::GET, "/api/knowledge-base/storage/secret-plan.txt")
-        .send()
+        .file(Method::GET, "secret-plan.txt", &[])
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();

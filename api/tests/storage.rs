@@ -131,10 +131,8 @@ async fn files_round_trip_with_ranges_and_replacement(b: Backend) {
     assert_eq!(after.len(), 1);
     assert_ne!(before, after);
     let body = api
-        .req(Method::GET, "/api/knowledge-base/storage/greeting.txt")
-        .send()
+        .file(Method::GET, "greeting.txt", &[])
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -162,10 +160,8 @@ async fn files_round_trip_with_ranges_and_replacement(b: Backend) {
     assert_eq!(bin["size"], 4);
     assert!(bin["document_id"].is_null(), "binary files are not indexed");
     let bytes = api
-        .req(Method::GET, "/api/knowledge-base/storage/blob.bin")
-        .send()
+        .file(Method::GET, "blob.bin", &[])
         .await
-        .unwrap()
         .bytes()
         .await
         .unwrap();
@@ -804,10 +800,8 @@ async fn files_round_trip_through_an_s3_compatible_store() {
         assert!(s.objects.values().any(|v| *v == big));
     }
     let body = api
-        .req(Method::GET, "/api/knowledge-base/storage/big.bin")
-        .send()
+        .file(Method::GET, "big.bin", &[])
         .await
-        .unwrap()
         .bytes()
         .await
         .unwrap();

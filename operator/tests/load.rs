@@ -6,8 +6,8 @@
 )]
 //! A measurement, not a unit test: many busy tokens against the API test
 //! server, checking that usage-only status writes stay within the configured
-//! budget and that usage still arrives. Run it with
-//! `cargo nextest run -p prodgy-operator --test load --run-ignored only`;
+//! budget and that usage still arrives. Run it with `make test-load`
+//! (`cargo nextest run -p prodgy-operator --test load --run-ignored only`);
 //! the figures are recorded in docs/operator.md.
 
 mod support;
@@ -60,7 +60,7 @@ fn report(name: &str, tokens: &[(String, String)], ns: &str, count: i64) -> Usag
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement (about 40 s); run with --run-ignored only"]
+#[ignore = "a measurement (about 40 s), not a check: run it with `make test-load`"]
 async fn busy_tokens_stay_within_the_status_write_budget() {
     let w = World::new("load").await;
     let op = w
