@@ -16,6 +16,11 @@
 //! its counts are added to `base` and its name recorded in `folded` in one
 //! status write, then the report is deleted, then the name is dropped from
 //! `folded`. A crash between any two steps repeats nothing.
+//!
+//! A proxy never writes to a report the operator may be retiring: when one
+//! of its reports is gone, or it could not write for half the retention, it
+//! moves to a new epoch whose counts start where its last acknowledged write
+//! ended (the proxy's `--usage-report-retention` is the operator's value).
 
 use std::collections::BTreeMap;
 

@@ -9,7 +9,7 @@
 //! interval, even when idle: its `updatedAt` is the heartbeat that tells the
 //! operator the epoch is still alive.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,10 +56,6 @@ pub struct Reporter {
     /// Per token: the process-wide count the last acknowledged write of
     /// this epoch carried.
     acked: HashMap<Box<str>, u64>,
-    /// Per shard of the last `build`: its tokens' process-wide counts.
-    pending: HashMap<u32, Vec<(Box<str>, u64)>>,
-    /// Shards of this epoch that exist on the API server.
-    written: HashSet<u32>,
     /// When a flush last succeeded entirely.
     last_ok: Option<Instant>,
 }
@@ -75,8 +71,6 @@ impl Reporter {
             shards: HashMap::new(),
             base: HashMap::new(),
             acked: HashMap::new(),
-            pending: HashMap::new(),
-            written: HashSet::new(),
             last_ok: None,
         }
     }
@@ -94,8 +88,6 @@ impl Reporter {
         }
         self.epoch = epoch;
         self.shards.clear();
-        self.pending.clear();
-        self.written.clear();
     }
 
     /// Whether the gap since the last successful flush calls for a new
@@ -105,15 +97,25 @@ impl Reporter {
             .is_some_and(|t| now.saturating_duration_since(t) > self.rotate_after)
     }
 
-    /// Records that `shard`'s report as last built is on the API server.
-    fn ack(&mut self, shard: u32) {
-        self.written.insert(shard);
-        for (uid, count) in self.pending.remove(&shard).unwrap_or_default() {
-            self.acked.insert(uid, count);
+    /// Records that `report` is on the API server.
+    fn ack(&mut self, report: &UsageReport) {
+        for (uid, usage) in &report.spec.tokens {
+            let base = self.base.get(uid.as_str()).copied().unwrap_or(0);
+            let count = u64::try_from(usage.count).unwrap_or(0);
+            self.acked
+                .insert(uid.as_str().into(), base.saturating_add(count));
         }
     }
 
-    /// The reports for the current counts (pure). Tokens without use in
+    /// Whether this epoch's report `shard` was written before (so a 404
+    /// means the operator retired it).
+    fn was_written(&self, shard: u32) -> bool {
+        self.acked
+            .keys()
+            .any(|uid| self.shards.get(uid) == Some(&shard))
+    }
+
+    /// The reports for the current counts (no I/O). Tokens without use in
     /// this epoch are left out; a token's products are summed.
     pub fn build(&mut self, cells: &[Arc<TokenCell>], now: DateTime<Utc>) -> Vec<UsageReport> {
         let mut totals: BTreeMap<&str, (u64, i64, &TokenCell)> = BTreeMap::new();
@@ -124,7 +126,6 @@ impl Reporter {
             t.1 = t.1.max(last_ms);
         }
         let mut per_shard: BTreeMap<u32, BTreeMap<String, TokenUsage>> = BTreeMap::new();
-        self.pending.clear();
         for (uid, (total, last_ms, cell)) in totals {
             let count = total.saturating_sub(self.base.get(uid).copied().unwrap_or(0));
             if count == 0 {
@@ -135,10 +136,6 @@ impl Reporter {
                 .shards
                 .entry(uid.into())
                 .or_insert_with(|| u32::try_from(next / MAX_TOKENS_PER_REPORT).unwrap_or(u32::MAX));
-            self.pending
-                .entry(shard)
-                .or_default()
-                .push((uid.into(), total));
             per_shard.entry(shard).or_default().insert(
                 uid.to_owned(),
                 TokenUsage {
@@ -202,9 +199,7 @@ impl Reporter {
                 .await;
             match res {
                 Ok(_) => {}
-                Err(kube::Error::Api(s))
-                    if s.code == 404 && self.written.contains(&r.spec.shard) =>
-                {
+                Err(kube::Error::Api(s)) if s.code == 404 && self.was_written(r.spec.shard) => {
                     let epoch = new_epoch()?;
                     self.rotate(epoch);
                     return Err(Error::Kube(format!(
@@ -219,7 +214,7 @@ impl Reporter {
                 }
                 Err(e) => return Err(Error::Kube(e.to_string())),
             }
-            self.ack(r.spec.shard);
+            self.ack(r);
             written += 1;
         }
         self.last_ok = Some(Instant::now());
@@ -320,7 +315,9 @@ mod tests {
         cs[1].record_use(1);
         let first = rep.build(&cs, Utc::now());
         assert_eq!(count(&first, "uid-0"), 5);
-        rep.ack(0);
+        assert!(!rep.was_written(0));
+        rep.ack(&first[0]);
+        assert!(rep.was_written(0));
         // Two more uses that were built but never acknowledged (the write failed).
         cs[0].record_use(2);
         cs[0].record_use(2);
@@ -328,6 +325,7 @@ mod tests {
         assert_eq!(count(&unacked, "uid-0"), 7);
         rep.rotate("two".into());
         assert_eq!(rep.epoch(), "two");
+        assert!(!rep.was_written(0), "a new epoch has written nothing");
         let next = rep.build(&cs, Utc::now());
         assert_eq!(next.len(), 1);
         assert_eq!(next[0].metadata.name.as_deref(), Some("p-two-0"));
@@ -337,7 +335,7 @@ mod tests {
             "no use since the acknowledged write"
         );
         // Old epoch + new epoch = every use, once.
-        rep.ack(0);
+        rep.ack(&next[0]);
         cs[1].record_use(3);
         rep.rotate("three".into());
         let third = rep.build(&cs, Utc::now());
