@@ -58,6 +58,20 @@ pub enum RecordState {
     Revoked,
 }
 
+impl RecordState {
+    /// The decision for a token in this state, expired or not, with the
+    /// precedence of the status: Revoked > Expired > Inactive. The one place
+    /// that order is written; the proxy's compact records use it too.
+    pub fn verdict(self, expired: bool) -> std::result::Result<(), Refusal> {
+        match self {
+            RecordState::Revoked => Err(Refusal::Revoked),
+            _ if expired => Err(Refusal::Expired),
+            RecordState::Inactive => Err(Refusal::Inactive),
+            RecordState::Active => Ok(()),
+        }
+    }
+}
+
 /// One accepted digest. The current token has `notAfter: null`; a previous
 /// token inside its grace period carries the instant it stops working.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,17 +168,9 @@ impl HashedRecord {
     /// The decision for a request presenting the digest at `entry` at `now`,
     /// with the precedence of the status: Revoked > Expired > Inactive.
     pub fn check(&self, entry: &HashEntry, now: DateTime<Utc>) -> std::result::Result<(), Refusal> {
-        if self.state == RecordState::Revoked {
-            return Err(Refusal::Revoked);
-        }
         let expired = |at: Option<DateTime<Utc>>| at.is_some_and(|at| now >= at);
-        if expired(self.expires_at) || expired(entry.not_after) {
-            return Err(Refusal::Expired);
-        }
-        if self.state == RecordState::Inactive {
-            return Err(Refusal::Inactive);
-        }
-        Ok(())
+        self.state
+            .verdict(expired(self.expires_at) || expired(entry.not_after))
     }
 
     /// Checks the invariants a reader relies on.

@@ -141,16 +141,8 @@ impl Record {
     /// The decision for digest number `slot` at `now` (unix nanoseconds),
     /// with [`HashedRecord::check`]'s precedence: Revoked > Expired > Inactive.
     pub fn check(&self, slot: u32, now: i64) -> std::result::Result<(), Refusal> {
-        if self.state == RecordState::Revoked {
-            return Err(Refusal::Revoked);
-        }
-        if now >= self.expires_at || now >= self.slot(slot).not_after {
-            return Err(Refusal::Expired);
-        }
-        if self.state == RecordState::Inactive {
-            return Err(Refusal::Inactive);
-        }
-        Ok(())
+        self.state
+            .verdict(now >= self.expires_at || now >= self.slot(slot).not_after)
     }
 
     /// The usage and metrics cell of this token, created on first use.
