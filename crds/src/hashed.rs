@@ -241,9 +241,10 @@ impl HashedRecord {
     }
 }
 
-/// Label values are limited to 63 characters; longer names are cut (the
-/// record itself always holds the full name).
-fn label_value(s: &str) -> String {
+/// A Kubernetes label value for a name: at most 63 characters, without a
+/// trailing `-`, `.` or `_`. Longer names are cut; the objects themselves
+/// always hold the full name.
+pub fn label_value(s: &str) -> String {
     s.chars()
         .take(63)
         .collect::<String>()

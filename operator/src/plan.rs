@@ -26,7 +26,10 @@ use prodgy_crds::{
     ApiToken, ApiTokenStatus, DeliveryMode, HashEntry, HashedRecord, Phase, RecordState, Token,
     UsageReport,
     apitoken::condition,
-    hashed::{MANAGED_BY, MANAGED_BY_LABEL, RECORD_VERSION, TOKEN_NAME_LABEL, TOKEN_UID_LABEL},
+    hashed::{
+        MANAGED_BY, MANAGED_BY_LABEL, RECORD_VERSION, TOKEN_NAME_LABEL, TOKEN_UID_LABEL,
+        label_value,
+    },
 };
 
 use crate::{Error, Result, usage};
@@ -1006,16 +1009,6 @@ pub fn delivery_secret(
         immutable: None,
         string_data: None,
     }
-}
-
-/// Label values hold at most 63 characters (the annotations and owner
-/// reference keep the full name).
-fn label_value(s: &str) -> String {
-    s.chars()
-        .take(63)
-        .collect::<String>()
-        .trim_end_matches(['-', '.', '_'])
-        .to_owned()
 }
 
 #[cfg(test)]
