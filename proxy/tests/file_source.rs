@@ -20,17 +20,6 @@ async fn status(p: &Proxy, auth: &str) -> u16 {
         .as_u16()
 }
 
-async fn code(p: &Proxy, auth: &str) -> String {
-    let resp = client()
-        .get(p.url("/api/agent-base"))
-        .header("authorization", auth)
-        .send()
-        .await
-        .unwrap();
-    let v: serde_json::Value = resp.json().await.unwrap_or_default();
-    v["error"]["code"].as_str().unwrap_or("").to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_changes_take_effect_and_invalid_records_are_counted() {
     let up = Upstream::start().await;

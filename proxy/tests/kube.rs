@@ -83,20 +83,6 @@ impl Cluster {
     }
 }
 
-async fn code(p: &Proxy, auth: &str) -> String {
-    let resp = client()
-        .get(p.url("/api/agent-base"))
-        .header("authorization", auth)
-        .send()
-        .await
-        .unwrap();
-    if resp.status() == 200 {
-        return "ok".into();
-    }
-    let v: serde_json::Value = resp.json().await.unwrap_or_default();
-    v["error"]["code"].as_str().unwrap_or("").to_owned()
-}
-
 /// Applies a change and measures until the proxy answers `want`.
 async fn propagation(
     c: &Cluster,

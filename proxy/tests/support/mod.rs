@@ -418,6 +418,22 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// `GET /api/agent-base` through the proxy with `auth` as the Authorization
+/// header: `"ok"` for a 200, otherwise the refusal's `error.code`.
+pub async fn code(p: &Proxy, auth: &str) -> String {
+    let resp = client()
+        .get(p.url("/api/agent-base"))
+        .header("authorization", auth)
+        .send()
+        .await
+        .unwrap();
+    if resp.status() == 200 {
+        return "ok".into();
+    }
+    let v: serde_json::Value = resp.json().await.unwrap_or_default();
+    v["error"]["code"].as_str().unwrap_or("").to_owned()
+}
+
 /// Polls `f` until it returns true or `limit` passes; returns the time taken.
 pub async fn eventually<F, Fut>(limit: Duration, mut f: F) -> Option<Duration>
 where
