@@ -71,3 +71,4 @@ for t in "passthrough 18100 tokens.txt" "sessions 18400 tokens.txt" \
   printf '| %s | %d | %.2f |\n' "$name" "$per" "$(awk -v a="$per" -v b="$BASE" 'BEGIN {print a / b}')" >> "$WORK/table"
 done
 cat "$WORK/table"
+if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$WORK"/*.out.* "$KEEP"/; fi # KEEP=dir: keep the profiles

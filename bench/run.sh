@@ -7,8 +7,10 @@
 # Targets, all behind the same upstream (nginx, one worker, `return 200`):
 #   direct       wrk -> upstream
 #   passthrough  wrk -> plain pingora proxy framework (bench-passthrough) -> upstream
-#   sessions     wrk -> pingora HTTP/1 sessions forwarded sequentially, no
-#                framework (bench-passthrough --mode sessions) -> upstream
+#   sessions     wrk -> pingora HTTP/1 sessions without the framework, each
+#                client connection keeping its upstream connection: the
+#                proxy's forwarding without the token check
+#                (bench-passthrough --mode sessions) -> upstream
 #   proxy-1      wrk -> prodgy-proxy with 1 token loaded, 1 token used
 #   proxy-1m     wrk -> prodgy-proxy with 1,000,000 tokens loaded, 10,000 used
 #   nginx-map    wrk -> nginx (one worker) with a `map $http_authorization` check
@@ -94,10 +96,38 @@ TARGETS=(
   "proxy-1m 18210 tokens.txt"
   "nginx-map 18300 tokens.txt"
 )
+if [ -n "${ONLY:-}" ]; then # ONLY="passthrough proxy-1": a subset, for quick looks
+  KEEP=()
+  for t in "${TARGETS[@]}"; do [[ " $ONLY " == *" ${t%% *} "* ]] && KEEP+=("$t"); done
+  TARGETS=("${KEEP[@]}")
+fi
 RAW="$WORK/raw.tsv"
 : > "$RAW"
 to_ms() { # 1.23ms | 456.00us | 1.20s
   awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
+}
+# The results table from raw rounds on stdin: medians over the rounds; ratios
+# taken within each round (the targets ran seconds apart, under the same
+# background load), then their median.
+table() {
+  awk -F'\t' '
+    function median(a, n,   i, j, t) {
+      for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+      return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
+    function med(k, col, base,   r, n, x, y, v) {
+      n = 0
+      for (r in rounds) {
+        x = val[k, col, r]
+        if (base != "") { y = val[base, col, r]; if (y == 0) continue; x /= y }
+        v[++n] = x }
+      return n ? median(v, n) : 0 }
+    { r = $1; k = $2; val[k, 3, r] = $3; val[k, 4, r] = $4; val[k, 5, r] = $5; bad[k] += $6; rounds[r] = 1
+      if (!(k in seen)) { seen[k] = 1; order[++m] = k } }
+    END {
+      for (i = 1; i <= m; i++) { k = order[i]
+        printf "| %s | %.0f | %.2f | %.2f | %.3f | %.3f | %.2f | %d |\n", k, med(k, 3, ""), med(k, 3, "passthrough"),
+          med(k, 3, "nginx-map"), med(k, 4, ""), med(k, 5, ""), med(k, 5, "nginx-map"), bad[k] }
+    }'
 }
 run_wrk() { # name port file
   local out
@@ -137,28 +167,11 @@ STAMP=$(date -u +%Y-%m-%dT%H:%MZ)
   echo "$(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)); system under test on CPU $SUT_CPU"
   echo "with $THREADS worker thread(s), work stealing $WORK_STEALING; upstream and wrk on CPU $LOAD_CPU;"
   echo "wrk -t1 -c$CONNECTIONS, $ROUNDS interleaved rounds of ${DURATION}s per target; medians of the rounds,"
-  echo "ratios to passthrough taken within each round."
+  echo "ratios taken within each round, then their median."
   echo
-  echo "| target | RPS | × passthrough | p50 ms | × | p99 ms | × | non-2xx |"
+  echo "| target | RPS | × passthrough | × nginx-map | p50 ms | p99 ms | p99 × nginx-map | non-2xx |"
   echo "|---|---:|---:|---:|---:|---:|---:|---:|"
-  # Ratios are taken within each round (the targets ran seconds apart, under
-  # the same background load) and then the median over the rounds.
-  awk -F'\t' '
-    function median(a, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
-      return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
-    { r = $1; k = $2; n[k]++; rps[k, r] = $3; p50[k, r] = $4; p99[k, r] = $5; bad[k] += $6; rounds[r] = 1
-      if (!(k in seen)) { seen[k] = 1; order[++m] = k } }
-    END {
-      b = "passthrough"
-      for (x = 1; x <= m; x++) { k = order[x]
-        split("", v); i = 0; for (r in rounds) v[++i] = rps[k, r]; R = median(v, i)
-        split("", v); i = 0; for (r in rounds) v[++i] = p50[k, r]; P5 = median(v, i)
-        split("", v); i = 0; for (r in rounds) v[++i] = p99[k, r]; P9 = median(v, i)
-        split("", v); i = 0; for (r in rounds) v[++i] = rps[k, r] / rps[b, r]; XR = median(v, i)
-        split("", v); i = 0; for (r in rounds) v[++i] = p50[k, r] / p50[b, r]; X5 = median(v, i)
-        split("", v); i = 0; for (r in rounds) v[++i] = p99[k, r] / p99[b, r]; X9 = median(v, i)
-        printf "| %s | %.0f | %.2f | %.3f | %.2f | %.3f | %.2f | %d |\n", k, R, XR, P5, X5, P9, X9, bad[k] }
-    }' "$RAW"
+  table < "$RAW"
   echo
   echo "$TOKENS tokens: ready ${LOAD_S} s after start (file parsed and indexed in ${LOAD_LOG} ms);"
   echo "RSS ${RSS_LOADED} MB once loaded (peak during load ${HWM_LOADED} MB), ${RSS_AFTER} MB after the runs."

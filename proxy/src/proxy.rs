@@ -1,24 +1,42 @@
-//! The pingora service: decide in `request_filter`, rewrite headers in
-//! `upstream_request_filter`, count once in `logging`.
+//! The pingora service: HTTP/1 sessions read and written with pingora's
+//! codec, one request after the other on each client connection.
 //!
-//! Shared state lives in [`AuthProxy`]; everything about one request lives in
-//! [`RequestCtx`]. The accepted path allocates nothing of its own besides the
-//! identity header names pingora copies, and takes no lock.
+//! Per request: read the head, decide ([`AuthProxy::decide`]), then either
+//! answer the refusal or forward — the upstream head rebuilt without the
+//! credential and with the verified identity, the body streamed up, the
+//! response streamed back — and count once at the end.
+//!
+//! Each client connection keeps the upstream connection it last used, so a
+//! keep-alive client costs no pool lookup per request; when the client
+//! leaves, that connection goes back to pingora's pool for the next one. A
+//! request without a body that fails on a reused upstream connection before
+//! any response byte (the upstream closed it while idle) is retried once on a
+//! fresh connection. The accepted path takes no lock.
+//!
+//! pingora errors are logged by kind only: their context can quote the raw
+//! request head, credential included.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, header};
+use futures::FutureExt;
+use http::{HeaderName, HeaderValue, StatusCode, Version, header};
+use pingora::apps::ServerApp;
+use pingora::connectors::{ConnectorOptions, TransportConnector};
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::modules::http::HttpModules;
-use pingora::prelude::{HttpPeer, Session};
-use pingora::proxy::{FailToProxy, ProxyHttp};
+use pingora::prelude::HttpPeer;
+use pingora::protocols::Stream;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::http::v1::client::HttpSession as Http1Session;
+use pingora::server::ShutdownWatch;
+use pingora::upstreams::peer::Peer;
 use pingora::{Error as PError, ErrorType};
 use prodgy_crds::scope::{self, Route};
-use prodgy_crds::{RouteGroup, Scope, ScopeSet, TokenHash, identity};
+use prodgy_crds::{Scope, ScopeSet, TokenHash, identity};
+use tokio::io::AsyncReadExt;
 
 use crate::auth::{self, Reason};
 use crate::cells::TokenCell;
@@ -26,21 +44,6 @@ use crate::clock;
 use crate::index::Record;
 use crate::metrics::{InFlight, Outcome, UpstreamError};
 use crate::state::State;
-
-/// Per-request state.
-#[derive(Debug)]
-pub struct RequestCtx {
-    start: Instant,
-    group: RouteGroup,
-    rejected: Option<Reason>,
-    /// The token's cell when the token is known (accepted or refused).
-    cell: Option<Arc<TokenCell>>,
-    /// The verified record when the request is allowed.
-    grant: Option<Arc<Record>>,
-    /// Wall clock at the decision, unix ms (the token's "last used").
-    wall_ms: i64,
-    _in_flight: InFlight,
-}
 
 /// A refusal with what its response needs.
 #[derive(Debug)]
@@ -67,10 +70,59 @@ impl From<Reason> for Refused {
 }
 
 /// The proxy service.
-#[derive(Debug)]
 pub struct AuthProxy {
     state: Arc<State>,
     peer: HttpPeer,
+    connector: TransportConnector,
+}
+
+impl std::fmt::Debug for AuthProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthProxy")
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long a client connection may sit idle between requests (seconds).
+const KEEPALIVE_SECS: u64 = 60;
+/// How long an upstream connection may sit idle in the pool.
+const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
+
+/// Request headers that describe the client's connection, not the request:
+/// never forwarded. `Expect` is answered by the proxy itself.
+static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::UPGRADE,
+    HeaderName::from_static("http2-settings"),
+    header::EXPECT,
+];
+
+/// The identity headers, in the order they are sent.
+static IDENTITY: [HeaderName; 4] = [
+    HeaderName::from_static(identity::PRODUCT),
+    HeaderName::from_static(identity::TOKEN),
+    HeaderName::from_static(identity::TOKEN_UID),
+    HeaderName::from_static(identity::SCOPES),
+];
+
+/// Where a forwarded request failed.
+#[derive(Debug)]
+enum Failure {
+    /// Reading the client's request (body) failed.
+    Downstream(Box<PError>),
+    /// Talking to the upstream failed.
+    Upstream(Box<PError>),
+}
+
+/// What became of one request.
+struct Finished {
+    status: u16,
+    /// Whether the client connection may carry another request.
+    reusable: bool,
 }
 
 static BODIES: LazyLock<Vec<Bytes>> =
@@ -110,11 +162,16 @@ fn raw_has_content_length(raw: &[u8]) -> bool {
 
 impl AuthProxy {
     /// A proxy for `state`, forwarding to `upstream`.
-    pub fn new(state: Arc<State>, upstream: SocketAddr) -> Self {
+    pub fn new(state: Arc<State>, upstream: SocketAddr, keepalive_pool: usize) -> Self {
         let mut peer = HttpPeer::new(upstream, false, String::new());
-        peer.options.connection_timeout = Some(std::time::Duration::from_secs(2));
-        peer.options.idle_timeout = Some(std::time::Duration::from_secs(60));
-        Self { state, peer }
+        peer.options.connection_timeout = Some(Duration::from_secs(2));
+        peer.options.idle_timeout = Some(UPSTREAM_IDLE);
+        let connector = TransportConnector::new(Some(ConnectorOptions::new(keepalive_pool)));
+        Self {
+            state,
+            peer,
+            connector,
+        }
     }
 
     /// Decides about a request. Pure apart from the index read and the
@@ -178,7 +235,7 @@ impl AuthProxy {
         Ok((record, cell))
     }
 
-    async fn respond(&self, session: &mut Session, refused: &Refused) -> pingora::Result<()> {
+    async fn respond(&self, session: &mut ServerSession, refused: &Refused) -> pingora::Result<()> {
         let r = refused.reason;
         let body = BODIES.get(r.index()).cloned().unwrap_or_default();
         let mut resp = ResponseHeader::build(r.status(), Some(6))?;
@@ -204,191 +261,364 @@ impl AuthProxy {
         {
             session.set_keepalive(None);
         }
-        session.write_response_header(Box::new(resp), false).await?;
-        session.write_response_body(Some(body), true).await
+        session.write_response_header(Box::new(resp)).await?;
+        session.write_response_body(body, true).await
     }
 }
 
-#[async_trait]
-impl ProxyHttp for AuthProxy {
-    type CTX = RequestCtx;
+impl AuthProxy {
+    /// The upstream request head: the client's, as HTTP/1.1, without the
+    /// credential, client-sent identity headers or hop-by-hop headers, with
+    /// the verified identity.
+    ///
+    /// Built on `http`'s header map rather than pingora's header API, which
+    /// re-parses every name it is given and keeps a second map for the
+    /// client's spelling of each name: the upstream gets lower-case names.
+    fn upstream_head(
+        req: &RequestHeader,
+        record: &Record,
+        cell: &TokenCell,
+    ) -> pingora::Result<Box<RequestHeader>> {
+        let too_many = |_| PError::explain(ErrorType::InvalidHTTPHeader, "too many headers");
+        let mut parts = req.as_owned_parts();
+        parts.version = Version::HTTP_11;
+        let headers = &mut parts.headers;
+        headers.remove(header::AUTHORIZATION);
+        let dropped: Vec<HeaderName> = headers
+            .keys()
+            .filter(|n| HOP_BY_HOP.contains(n) || identity::is_identity_header(n.as_str()))
+            .cloned()
+            .collect();
+        for name in &dropped {
+            headers.remove(name);
+        }
+        headers.try_reserve(IDENTITY.len()).map_err(too_many)?;
+        let values = [
+            record.product().header().clone(),
+            cell.token_header().clone(),
+            cell.uid_header().clone(),
+            scopes_header(record.scopes()),
+        ];
+        for (name, value) in IDENTITY.iter().zip(values) {
+            headers.try_append(name.clone(), value).map_err(too_many)?;
+        }
+        let mut head = Box::new(RequestHeader::from(parts));
+        // The converted head serializes its URI; keep the client's exact
+        // target where the two differ.
+        if head.raw_path() != req.raw_path() {
+            head.set_raw_path(req.raw_path())?;
+        }
+        Ok(head)
+    }
 
-    /// No downstream modules: the default adds a (disabled) compression
-    /// module whose per-request context costs an allocation and a filter
-    /// pass, and this proxy never compresses.
-    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
+    /// Sends the request head on `stream` and, for a body-less request,
+    /// reads the final response head.
+    async fn send_head(
+        &self,
+        stream: Stream,
+        head: Box<RequestHeader>,
+        bodyless: bool,
+    ) -> (Http1Session, pingora::Result<()>) {
+        let mut up = Http1Session::new_with_options(stream, &self.peer);
+        let sent = async {
+            up.write_request_header(head).await?;
+            if bodyless {
+                up.finish_body().await?;
+                read_final_head(&mut up).await?;
+            }
+            Ok(())
+        }
+        .await;
+        (up, sent)
+    }
 
-    fn new_ctx(&self) -> RequestCtx {
-        RequestCtx {
-            start: Instant::now(),
-            group: RouteGroup::Other,
-            rejected: None,
-            cell: None,
-            grant: None,
-            wall_ms: 0,
-            _in_flight: InFlight::start(),
+    /// Opens the upstream exchange: the kept connection if there is one,
+    /// else one from the pool. A body-less request that fails on a reused
+    /// connection before any response byte is sent once more on a fresh one.
+    async fn open(
+        &self,
+        down: &ServerSession,
+        kept: &mut Option<Stream>,
+        record: &Record,
+        cell: &TokenCell,
+        bodyless: bool,
+    ) -> pingora::Result<Http1Session> {
+        let mut kept = kept.take();
+        // A request with a body cannot be sent twice: check first that the
+        // upstream has not closed the connection meanwhile.
+        if !bodyless && kept.as_mut().is_some_and(|s| !still_open(s)) {
+            kept = None;
+        }
+        let (stream, reused) = match kept {
+            Some(s) => (s, true),
+            None => self.connector.get_stream(&self.peer).await?,
+        };
+        let head = Self::upstream_head(down.req_header(), record, cell)?;
+        let (up, sent) = self.send_head(stream, head, bodyless).await;
+        match sent {
+            Ok(()) => Ok(up),
+            Err(e) if reused && bodyless && up.body_bytes_received() == 0 => {
+                tracing::debug!(
+                    error = e.etype().as_str(),
+                    "reused upstream connection failed; retrying on a fresh one"
+                );
+                let stream = self.connector.new_stream(&self.peer).await?;
+                let head = Self::upstream_head(down.req_header(), record, cell)?;
+                let (up, sent) = self.send_head(stream, head, bodyless).await;
+                sent.map(|()| up)
+            }
+            Err(e) => Err(e),
         }
     }
 
-    async fn request_filter(
+    /// Forwards an accepted request and streams the response back. Returns
+    /// the status sent to the client.
+    async fn forward(
         &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-    ) -> pingora::Result<bool> {
+        down: &mut ServerSession,
+        kept: &mut Option<Stream>,
+        record: &Record,
+        cell: &TokenCell,
+    ) -> Result<u16, Failure> {
+        let bodyless = down.is_body_done();
+        if !bodyless && is_expect_continue(down.req_header()) {
+            down.write_continue_response()
+                .await
+                .map_err(Failure::Downstream)?;
+        }
+        let mut up = self
+            .open(down, kept, record, cell, bodyless)
+            .await
+            .map_err(Failure::Upstream)?;
+        if !bodyless {
+            while let Some(chunk) = down
+                .read_request_body()
+                .await
+                .map_err(Failure::Downstream)?
+            {
+                up.write_body(&chunk).await.map_err(Failure::Upstream)?;
+            }
+            up.finish_body().await.map_err(Failure::Upstream)?;
+            read_final_head(&mut up).await.map_err(Failure::Upstream)?;
+        }
+        let resp = up
+            .resp_header()
+            .cloned()
+            .ok_or_else(|| PError::explain(ErrorType::InvalidHTTPHeader, "no response head"))
+            .map_err(Failure::Upstream)?;
+        let status = resp.status.as_u16();
+        down.write_response_header(Box::new(resp))
+            .await
+            .map_err(Failure::Downstream)?;
+        while !up.is_body_done() {
+            match up.read_body_bytes().await.map_err(Failure::Upstream)? {
+                Some(chunk) => down
+                    .write_response_body(chunk, false)
+                    .await
+                    .map_err(Failure::Downstream)?,
+                None => break,
+            }
+        }
+        down.finish_body().await.map_err(Failure::Downstream)?;
+        up.respect_keepalive();
+        *kept = up.reuse().await;
+        Ok(status)
+    }
+
+    /// Answers a failed forward, if nothing was sent yet, and counts it.
+    async fn fail(&self, down: &mut ServerSession, failure: &Failure) -> u16 {
+        let (status, code, message) = match failure {
+            Failure::Downstream(e) => {
+                tracing::debug!(error = e.etype().as_str(), "reading the request failed");
+                (400, "bad_request", "the request could not be read")
+            }
+            Failure::Upstream(e) => match e.etype() {
+                ErrorType::ConnectTimedout
+                | ErrorType::ConnectRefused
+                | ErrorType::ConnectError
+                | ErrorType::ConnectNoRoute => {
+                    self.state.metrics.upstream_error(UpstreamError::Connect);
+                    (502, "upstream_unavailable", "the API is not reachable")
+                }
+                ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                    self.state.metrics.upstream_error(UpstreamError::Timeout);
+                    (504, "upstream_timeout", "the API did not answer in time")
+                }
+                _ => {
+                    self.state.metrics.upstream_error(UpstreamError::Other);
+                    (502, "upstream_error", "the API connection failed")
+                }
+            },
+        };
+        if let Failure::Upstream(e) = failure {
+            tracing::warn!(
+                error = e.etype().as_str(),
+                status,
+                "forwarding to the API failed"
+            );
+        }
+        if let Some(sent) = down.response_written() {
+            // Mid-response: the client sees the connection end.
+            return sent.status.as_u16();
+        }
+        let body = Bytes::from(
+            serde_json::json!({"error": {"code": code, "message": message}}).to_string(),
+        );
+        let sent = async {
+            let mut resp = ResponseHeader::build(status, Some(3))?;
+            resp.insert_header(header::CONTENT_TYPE, "application/json")?;
+            resp.insert_header(header::CONTENT_LENGTH, body.len())?;
+            down.set_keepalive(None);
+            down.write_response_header(Box::new(resp)).await?;
+            down.write_response_body(body, true).await
+        }
+        .await;
+        if let Err(err) = sent {
+            tracing::debug!(
+                error = err.etype().as_str(),
+                "could not send the error response"
+            );
+        }
+        status
+    }
+
+    /// Handles one request whose head has been read.
+    async fn handle(&self, down: &mut ServerSession, kept: &mut Option<Stream>) -> Finished {
+        let _in_flight = InFlight::start();
+        let start = Instant::now();
         let now = clock::unix_nanos();
-        ctx.wall_ms = now / 1_000_000;
-        let req = session.req_header();
+        let req = down.req_header();
         let route = scope::route(req.method.as_str(), req.uri.path());
-        ctx.group = route.group;
         let ambiguous = req.headers.contains_key(header::TRANSFER_ENCODING)
-            && session
-                .as_downstream()
+            && down
                 .as_http1()
                 .is_some_and(|h1| raw_has_content_length(&h1.get_headers_raw_bytes()));
         let decision = if ambiguous {
             Err(Reason::AmbiguousFraming.into())
         } else {
-            self.decide(
-                session.req_header(),
-                route,
-                now,
-                clock::mono_nanos_at(ctx.start),
-            )
+            self.decide(req, route, now, clock::mono_nanos_at(start))
         };
-        match decision {
+        let (status, cell, rejected, reusable) = match decision {
             Ok((record, cell)) => {
-                ctx.cell = Some(cell);
-                ctx.grant = Some(record);
-                Ok(false)
+                cell.record_use(now / 1_000_000);
+                match self.forward(down, kept, &record, &cell).await {
+                    Ok(status) => (status, Some(cell), None, true),
+                    Err(failure) => (self.fail(down, &failure).await, Some(cell), None, false),
+                }
             }
             Err(refused) => {
-                ctx.rejected = Some(refused.reason);
-                ctx.cell.clone_from(&refused.cell);
-                self.respond(session, &refused).await?;
-                Ok(true)
-            }
-        }
-    }
-
-    async fn upstream_peer(
-        &self,
-        _session: &mut Session,
-        _ctx: &mut RequestCtx,
-    ) -> pingora::Result<Box<HttpPeer>> {
-        Ok(Box::new(self.peer.clone()))
-    }
-
-    async fn upstream_request_filter(
-        &self,
-        _session: &mut Session,
-        upstream: &mut RequestHeader,
-        ctx: &mut RequestCtx,
-    ) -> pingora::Result<()> {
-        // Fail closed: nothing reaches the upstream without a verified grant.
-        let (Some(record), Some(cell)) = (ctx.grant.as_ref(), ctx.cell.as_ref()) else {
-            return PError::e_explain(
-                ErrorType::HTTPStatus(500),
-                "no verified identity for an upstream request",
-            );
-        };
-        upstream.remove_header(&header::AUTHORIZATION);
-        let spoofed: Vec<HeaderName> = upstream
-            .headers
-            .keys()
-            .filter(|n| identity::is_identity_header(n.as_str()))
-            .cloned()
-            .collect();
-        for name in &spoofed {
-            upstream.remove_header(name);
-        }
-        // Append, not insert: every identity header is gone by now, and an
-        // append skips the search for an existing one.
-        upstream.append_header(identity::PRODUCT, record.product().header().clone())?;
-        upstream.append_header(identity::TOKEN, cell.token_header().clone())?;
-        upstream.append_header(identity::TOKEN_UID, cell.uid_header().clone())?;
-        upstream.append_header(identity::SCOPES, scopes_header(record.scopes()))?;
-        Ok(())
-    }
-
-    async fn fail_to_proxy(
-        &self,
-        session: &mut Session,
-        e: &PError,
-        _ctx: &mut RequestCtx,
-    ) -> FailToProxy {
-        let (status, code, message) = match e.etype() {
-            ErrorType::ConnectTimedout
-            | ErrorType::ConnectRefused
-            | ErrorType::ConnectError
-            | ErrorType::ConnectNoRoute => {
-                self.state.metrics.upstream_error(UpstreamError::Connect);
-                (502, "upstream_unavailable", "the API is not reachable")
-            }
-            ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
-                self.state.metrics.upstream_error(UpstreamError::Timeout);
-                (504, "upstream_timeout", "the API did not answer in time")
-            }
-            ErrorType::HTTPStatus(code) => {
-                (*code, "internal", "the proxy could not handle the request")
-            }
-            _ if e.esource() == &pingora::ErrorSource::Downstream => {
-                (400, "bad_request", "the request could not be read")
-            }
-            _ => {
-                self.state.metrics.upstream_error(UpstreamError::Other);
-                (502, "upstream_error", "the API connection failed")
+                let status = refused.reason.status();
+                let sent = self.respond(down, &refused).await;
+                if let Err(e) = &sent {
+                    tracing::debug!(error = e.etype().as_str(), "could not send the refusal");
+                }
+                (status, refused.cell, Some(refused.reason), sent.is_ok())
             }
         };
-        if session.response_written().is_none() {
-            let body = Bytes::from(
-                serde_json::json!({"error": {"code": code, "message": message}}).to_string(),
-            );
-            let sent = async {
-                let mut resp = ResponseHeader::build(status, Some(3))?;
-                resp.insert_header(header::CONTENT_TYPE, "application/json")?;
-                resp.insert_header(header::CONTENT_LENGTH, body.len())?;
-                session.set_keepalive(None);
-                session.write_response_header(Box::new(resp), false).await?;
-                session.write_response_body(Some(body), true).await
-            }
-            .await;
-            if let Err(err) = sent {
-                tracing::debug!(error = %err, "could not send the error response");
-            }
-        }
-        FailToProxy {
-            error_code: status,
-            can_reuse_downstream: false,
-        }
-    }
-
-    async fn logging(&self, session: &mut Session, _e: Option<&PError>, ctx: &mut RequestCtx) {
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let forwarded = ctx.grant.is_some();
-        if let Some(cell) = &ctx.cell {
-            cell.record_request(ctx.group, status);
-            if forwarded {
-                cell.record_use(ctx.wall_ms);
-            }
+        if let Some(cell) = &cell {
+            cell.record_request(route.group, status);
         }
         self.state.metrics.request_finished(
-            ctx.group,
+            route.group,
             status,
-            ctx.cell.is_some(),
-            if forwarded {
+            cell.is_some(),
+            if rejected.is_none() {
                 Outcome::Forwarded
             } else {
                 Outcome::Rejected
             },
-            ctx.rejected,
-            ctx.start.elapsed(),
+            rejected,
+            start.elapsed(),
         );
+        Finished { status, reusable }
     }
+}
 
-    fn request_summary(&self, session: &Session, _ctx: &RequestCtx) -> String {
-        // Method and path only: never header values.
-        let req = session.req_header();
-        format!("{} {}", req.method, req.uri.path())
+/// Reads response heads until the final one (skipping `1xx` other than 101).
+async fn read_final_head(up: &mut Http1Session) -> pingora::Result<()> {
+    loop {
+        up.read_response().await?;
+        match up.resp_header().map(|r| r.status) {
+            Some(s) if s.is_informational() && s != StatusCode::SWITCHING_PROTOCOLS => {}
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// Whether an idle upstream connection can still be used: nothing to read
+/// (no close, no stray bytes) without waiting.
+fn still_open(stream: &mut Stream) -> bool {
+    let mut byte = [0u8; 1];
+    tokio::task::unconstrained(stream.read(&mut byte))
+        .now_or_never()
+        .is_none()
+}
+
+fn is_expect_continue(req: &RequestHeader) -> bool {
+    req.headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+#[async_trait]
+impl ServerApp for AuthProxy {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let mut shutdown = shutdown.clone();
+        let mut down = ServerSession::new_http1(stream);
+        // The upstream connection this client connection last used.
+        let mut kept: Option<Stream> = None;
+        loop {
+            let stopping = *shutdown.borrow_and_update();
+            down.set_keepalive((!stopping).then_some(KEEPALIVE_SECS));
+            let read = tokio::select! {
+                biased;
+                r = down.read_request() => r,
+                // Idle keep-alive connections close when shutdown starts.
+                _ = shutdown.changed(), if !stopping => break,
+            };
+            match read {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
+                        tracing::debug!(error = e.etype().as_str(), "unreadable request head");
+                        if let Err(e) = down.respond_error(400).await {
+                            tracing::debug!(error = e.etype().as_str(), "could not send the 400");
+                        }
+                    }
+                    down.shutdown().await;
+                    break;
+                }
+            }
+            let finished = self.handle(&mut down, &mut kept).await;
+            if !finished.reusable {
+                tracing::trace!(
+                    status = finished.status,
+                    "client connection closed after the response"
+                );
+                down.shutdown().await;
+                break;
+            }
+            match down.finish().await {
+                Ok(Some(reusable)) => {
+                    let (stream, prefix) = reusable.into_parts();
+                    down = ServerSession::new_http1(stream);
+                    if let Some(prefix) = prefix {
+                        down.set_pipelined_prefix(prefix);
+                    }
+                }
+                _ => break,
+            }
+        }
+        if let Some(stream) = kept {
+            self.connector
+                .release_stream(stream, self.peer.reuse_hash(), Some(UPSTREAM_IDLE));
+        }
+        None
     }
 }
 

@@ -190,7 +190,6 @@ pub fn run(config: Config) -> Result<()> {
 
     let conf = ServerConf {
         threads: config.threads,
-        upstream_keepalive_pool_size: config.upstream_keepalive_pool,
         work_stealing: config.work_stealing,
         // A backstop only: the control task exits once drained.
         grace_period_seconds: Some(config.shutdown_timeout.as_secs() + 10),
@@ -200,10 +199,13 @@ pub fn run(config: Config) -> Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        AuthProxy::new(state.clone(), config.upstream),
-        "prodgy proxy",
+    let mut proxy = Service::new(
+        "prodgy proxy".to_owned(),
+        AuthProxy::new(
+            state.clone(),
+            config.upstream,
+            config.upstream_keepalive_pool,
+        ),
     );
     proxy.add_tcp(&config.listen.to_string());
 

@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -40,6 +41,27 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
         .await
         .expect("request never reached upstream");
     let addr = proxy.addr;
+    // An idle keep-alive connection: closed as soon as shutdown starts.
+    let idle = {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let req = format!(
+            "GET /api/agent-base HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\n\r\n",
+            t.bearer()
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        assert!(
+            String::from_utf8_lossy(&buf[..n]).ends_with(r#"{"ok":true}"#),
+            "whole response in one read"
+        );
+        tokio::task::spawn_blocking(move || {
+            let n = s.read(&mut buf).unwrap_or(0);
+            (n, Instant::now())
+        })
+    };
     let (exit, exited_at) = tokio::task::spawn_blocking(move || {
         let st = proxy.terminate(Duration::from_secs(15));
         (st, Instant::now())
@@ -63,5 +85,11 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
     assert!(
         std::net::TcpStream::connect(addr).is_err(),
         "still accepting after shutdown"
+    );
+    let (n, closed_at) = idle.await.unwrap();
+    assert_eq!(n, 0, "the idle connection got bytes instead of a close");
+    assert!(
+        closed_at.duration_since(sent_at) < Duration::from_millis(1500),
+        "the idle connection stayed open through the drain"
     );
 }

@@ -3,24 +3,29 @@
 //! count, runtime flavour, keep-alive pool and allocator).
 //!
 //! `--mode framework` is pingora's proxy framework (`ProxyHttp` with no
-//! hooks), what `prodgy-proxy` is built on. `--mode sessions` forwards with
-//! pingora's HTTP/1 sessions and connection pool directly, one request after
-//! the other, without the framework's duplex machinery: it shows what the
-//! framework itself costs.
+//! hooks), the usual way to build a pingora proxy. `--mode sessions` is
+//! `prodgy-proxy`'s own forwarding design without the token check: pingora's
+//! HTTP/1 sessions, one request after the other, each client connection
+//! keeping its upstream connection. The difference between the two is what
+//! the framework costs; between `sessions` and the proxy, what the check
+//! costs.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use clap::{ArgAction, Parser, ValueEnum};
-use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
-use pingora::connectors::http::Connector;
+use pingora::apps::ServerApp;
+use pingora::connectors::{ConnectorOptions, TransportConnector};
 use pingora::prelude::{HttpPeer, Session};
+use pingora::protocols::Stream;
 use pingora::protocols::http::ServerSession;
+use pingora::protocols::http::v1::client::HttpSession as Http1Session;
 use pingora::proxy::ProxyHttp;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::listening::Service;
+use pingora::upstreams::peer::Peer;
 
 /// The same allocator as `prodgy-proxy`.
 #[global_allocator]
@@ -30,7 +35,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 enum Mode {
     /// pingora's proxy framework.
     Framework,
-    /// pingora's HTTP/1 sessions, forwarded sequentially.
+    /// pingora's HTTP/1 sessions, forwarded sequentially, each client
+    /// connection keeping its own upstream connection.
     Sessions,
 }
 
@@ -70,55 +76,81 @@ impl ProxyHttp for Passthrough {
     }
 }
 
-struct Sequential {
+/// The proxy's forwarding design without the token check: pingora's HTTP/1
+/// sessions, one request after the other, each client connection keeping
+/// the upstream connection it last used.
+struct Sessions {
     peer: HttpPeer,
-    connector: Connector,
+    connector: TransportConnector,
 }
 
-impl Sequential {
-    async fn forward(&self, down: &mut ServerSession) -> pingora::Result<()> {
-        let (mut up, _reused) = self.connector.get_http_session(&self.peer).await?;
+impl Sessions {
+    async fn forward(
+        &self,
+        down: &mut ServerSession,
+        kept: &mut Option<Stream>,
+    ) -> pingora::Result<()> {
+        let stream = match kept.take() {
+            Some(s) => s,
+            None => self.connector.get_stream(&self.peer).await?.0,
+        };
+        let mut up = Http1Session::new_with_options(stream, &self.peer);
         up.write_request_header(Box::new(down.req_header().clone()))
             .await?;
         while let Some(chunk) = down.read_request_body().await? {
-            up.write_request_body(chunk, false).await?;
+            up.write_body(&chunk).await?;
         }
-        up.finish_request_body().await?;
-        up.read_response_header().await?;
+        up.finish_body().await?;
+        up.read_response().await?;
         let head = up
-            .response_header()
+            .resp_header()
             .cloned()
             .ok_or_else(|| pingora::Error::new(pingora::ErrorType::InvalidHTTPHeader))?;
         down.write_response_header(Box::new(head)).await?;
-        while !up.response_done() {
-            if let Some(chunk) = up.read_response_body().await? {
-                let done = up.response_done();
-                down.write_response_body(chunk, done).await?;
+        while !up.is_body_done() {
+            match up.read_body_bytes().await? {
+                Some(chunk) => down.write_response_body(chunk, false).await?,
+                None => break,
             }
         }
         down.finish_body().await?;
-        self.connector
-            .release_http_session(up, &self.peer, None)
-            .await;
+        up.respect_keepalive();
+        *kept = up.reuse().await;
         Ok(())
     }
 }
 
 #[async_trait]
-impl HttpServerApp for Sequential {
-    async fn process_new_http(
+impl ServerApp for Sessions {
+    async fn process_new(
         self: &Arc<Self>,
-        mut down: ServerSession,
+        stream: Stream,
         _shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
-        if !down.read_request().await.ok()? {
-            return None;
+    ) -> Option<Stream> {
+        let mut down = ServerSession::new_http1(stream);
+        let mut kept = None;
+        loop {
+            down.set_keepalive(Some(60));
+            if !down.read_request().await.ok()? {
+                break;
+            }
+            if self.forward(&mut down, &mut kept).await.is_err() {
+                break;
+            }
+            let Ok(Some(reusable)) = down.finish().await else {
+                break;
+            };
+            let (stream, prefix) = reusable.into_parts();
+            down = ServerSession::new_http1(stream);
+            if let Some(prefix) = prefix {
+                down.set_pipelined_prefix(prefix);
+            }
         }
-        down.set_keepalive(Some(60));
-        self.forward(&mut down).await.ok()?;
-        let settings = HttpPersistentSettings::for_session(&down);
-        let stream = down.finish().await.ok()??;
-        Some(ReusedHttpStream::from_reusable_stream(stream, settings))
+        if let Some(stream) = kept {
+            self.connector
+                .release_stream(stream, self.peer.reuse_hash(), None);
+        }
+        None
     }
 }
 
@@ -149,10 +181,12 @@ fn main() -> anyhow::Result<()> {
         }
         Mode::Sessions => {
             let mut svc = Service::new(
-                "sequential".to_owned(),
-                Sequential {
+                "sessions".to_owned(),
+                Sessions {
                     peer,
-                    connector: Connector::new(None),
+                    connector: TransportConnector::new(Some(ConnectorOptions::new(
+                        args.keepalive_pool,
+                    ))),
                 },
             );
             svc.add_tcp(&args.listen);

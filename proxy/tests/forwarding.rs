@@ -1,0 +1,302 @@
+//! How the proxy forwards: one upstream connection per client connection, a
+//! stale upstream connection retried or avoided, `Expect: 100-continue`
+//! answered by the proxy, hop-by-hop headers kept on their hop. The upstream
+//! here is a raw TCP server, so the test sees connections, not just requests.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::*;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+
+/// The `Content-Length` among head lines (0 without one).
+fn content_length(head: &[String]) -> usize {
+    head.iter()
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0)
+}
+
+/// A request as the raw upstream saw it: head lines and body.
+type Seen = (Vec<String>, Vec<u8>);
+
+/// An upstream speaking just enough HTTP/1.1: it records each request (head
+/// lines and body), answers `200 ok`, and either keeps the connection or
+/// closes it after one response without saying so (as a server whose idle
+/// timeout fires does).
+struct RawUpstream {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    requests: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RawUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RawUpstream {
+    async fn start(close_after_each: bool) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (c, r) = (connections.clone(), requests.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let (sock, _) = listener.accept().await.unwrap();
+                c.fetch_add(1, Ordering::SeqCst);
+                let r = r.clone();
+                tokio::spawn(async move {
+                    let mut sock = tokio::io::BufReader::new(sock);
+                    loop {
+                        let mut lines = Vec::new();
+                        loop {
+                            let mut line = String::new();
+                            if sock.read_line(&mut line).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            let line = line.trim_end().to_owned();
+                            if line.is_empty() {
+                                break;
+                            }
+                            lines.push(line);
+                        }
+                        let mut body = vec![0; content_length(&lines)];
+                        sock.read_exact(&mut body).await.unwrap();
+                        r.lock().unwrap().push((lines, body));
+                        let out = sock.get_mut();
+                        out.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                            .await
+                            .unwrap();
+                        if close_after_each {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            connections,
+            requests,
+            task,
+        }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    fn requests(&self) -> Vec<Seen> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+/// One client keep-alive connection, requests sent one after the other.
+struct Client {
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Self {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        Self {
+            reader: BufReader::new(s),
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.reader.get_mut().write_all(bytes).unwrap();
+    }
+
+    /// Reads one response: status, head lines, body (by Content-Length).
+    fn response(&mut self) -> (u16, Vec<String>, String) {
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            assert!(self.reader.read_line(&mut line).unwrap() > 0, "closed");
+            let line = line.trim_end().to_owned();
+            if line.is_empty() {
+                break;
+            }
+            lines.push(line);
+        }
+        let status = lines[0].split(' ').nth(1).unwrap().parse().unwrap();
+        let mut body = vec![0; content_length(&lines)];
+        self.reader.read_exact(&mut body).unwrap();
+        (status, lines, String::from_utf8(body).unwrap())
+    }
+
+    fn get(&mut self, bearer: &str) -> u16 {
+        self.send(
+            format!("GET /api/agent-base HTTP/1.1\r\nHost: x\r\nAuthorization: {bearer}\r\n\r\n")
+                .as_bytes(),
+        );
+        self.response().0
+    }
+
+    fn post(&mut self, bearer: &str, body: &str) -> u16 {
+        self.send(
+            format!(
+                "POST /api/agent-base HTTP/1.1\r\nHost: x\r\nAuthorization: {bearer}\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        self.response().0
+    }
+}
+
+async fn proxy_for(
+    up: &RawUpstream,
+    records: &[&prodgy_crds::HashedRecord],
+) -> (Proxy, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.json");
+    write_records(&path, records);
+    let b = ProxyBuilder::file(up.addr, &path);
+    let proxy = tokio::task::spawn_blocking(move || b.start())
+        .await
+        .unwrap();
+    (proxy, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_connection_keeps_its_upstream_connection() {
+    let t = issue("ns", "keeper", "acme");
+    let up = RawUpstream::start(false).await;
+    let (proxy, _dir) = proxy_for(&up, &[&t.record]).await;
+    let bearer = t.bearer();
+    let addr = proxy.addr;
+    let statuses = tokio::task::spawn_blocking(move || {
+        let mut c = Client::connect(addr);
+        let mut s: Vec<u16> = (0..5).map(|_| c.get(&bearer)).collect();
+        s.push(c.post(&bearer, "hello"));
+        s
+    })
+    .await
+    .unwrap();
+    assert_eq!(statuses, [200; 6]);
+    assert_eq!(up.requests().len(), 6);
+    assert_eq!(
+        up.connections(),
+        1,
+        "one upstream connection for one client connection"
+    );
+    assert_eq!(up.requests()[5].1, b"hello");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_connection_closed_while_idle_is_not_an_error() {
+    let t = issue("ns", "stale", "acme");
+    let up = RawUpstream::start(true).await;
+    let (proxy, _dir) = proxy_for(&up, &[&t.record]).await;
+    let bearer = t.bearer();
+    let addr = proxy.addr;
+    let statuses = tokio::task::spawn_blocking(move || {
+        let mut c = Client::connect(addr);
+        let mut s = Vec::new();
+        for i in 0..6 {
+            // Let the upstream's close arrive before the next request.
+            std::thread::sleep(Duration::from_millis(50));
+            // Without a body: sent on the kept connection, then retried on
+            // a fresh one. With a body: the close is noticed before sending.
+            s.push(if i % 2 == 0 {
+                c.get(&bearer)
+            } else {
+                c.post(&bearer, "data")
+            });
+        }
+        s
+    })
+    .await
+    .unwrap();
+    assert_eq!(statuses, [200; 6]);
+    let seen = up.requests();
+    assert_eq!(seen.len(), 6, "each request reached the upstream once");
+    assert!(seen.iter().skip(1).step_by(2).all(|(_, b)| b == b"data"));
+    assert!(up.connections() >= 6);
+    assert_eq!(
+        proxy.metric(r#"prodgy_proxy_upstream_errors_total{kind="other"}"#),
+        Some(0.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_continue_is_answered_here_and_hop_by_hop_headers_stay_behind() {
+    let t = issue("ns", "hops", "acme");
+    let up = RawUpstream::start(false).await;
+    let (proxy, _dir) = proxy_for(&up, &[&t.record]).await;
+    let bearer = t.bearer();
+    let addr = proxy.addr;
+    let (interim, last) = tokio::task::spawn_blocking(move || {
+        let mut c = Client::connect(addr);
+        c.send(
+            format!(
+                "POST /api/agent-base/a%20b?q=%E2%9C%93&x=1 HTTP/1.1\r\nHost: x\r\nAuthorization: {bearer}\r\n\
+                 Expect: 100-continue\r\nContent-Length: 5\r\nConnection: keep-alive, Upgrade\r\n\
+                 Keep-Alive: timeout=5\r\nTE: trailers\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\
+                 Proxy-Connection: keep-alive\r\nX-Kept: yes\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        // The proxy asks for the body only after the token was accepted.
+        let interim = c.response().0;
+        c.send(b"hello");
+        (interim, c.response())
+    })
+    .await
+    .unwrap();
+    assert_eq!(interim, 100);
+    assert_eq!((last.0, last.2.as_str()), (200, "ok"));
+    let seen = up.requests();
+    assert_eq!(seen.len(), 1);
+    let (head, body) = &seen[0];
+    assert_eq!(body, b"hello");
+    assert_eq!(
+        head[0],
+        "POST /api/agent-base/a%20b?q=%E2%9C%93&x=1 HTTP/1.1"
+    );
+    let names: Vec<String> = head[1..]
+        .iter()
+        .map(|l| l.split(':').next().unwrap().to_ascii_lowercase())
+        .collect();
+    for hop in [
+        "expect",
+        "connection",
+        "keep-alive",
+        "te",
+        "upgrade",
+        "http2-settings",
+        "proxy-connection",
+        "authorization",
+    ] {
+        assert!(!names.iter().any(|n| n == hop), "{hop} forwarded: {head:?}");
+    }
+    assert!(names.iter().any(|n| n == "x-kept"), "{head:?}");
+    assert!(names.iter().any(|n| n == "x-prodgy-token"), "{head:?}");
+
+    // A refused request with Expect gets its refusal, not a 100.
+    let refused = tokio::task::spawn_blocking(move || {
+        let mut c = Client::connect(addr);
+        c.send(b"POST /api/agent-base HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n");
+        c.response().0
+    })
+    .await
+    .unwrap();
+    assert_eq!(refused, 401);
+    assert_eq!(up.requests().len(), 1);
+}
