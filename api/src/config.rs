@@ -155,6 +155,10 @@ pub struct Args {
     /// How often idle workers look for work queued by other replicas.
     #[arg(long, global = true, env = "PRODGY_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub poll_interval: Duration,
+    /// How long finished executions and received webhook events are kept
+    /// (`0s`: forever). Replicas running workers delete older ones hourly.
+    #[arg(long, global = true, env = "PRODGY_RETENTION", default_value = "30d", value_parser = parse_duration)]
+    pub retention: Duration,
     /// Default timeout of an `http` agent's call.
     #[arg(long, global = true, env = "PRODGY_AGENT_HTTP_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub agent_http_timeout: Duration,
@@ -292,6 +296,9 @@ pub struct QueueConfig {
     pub http_timeout: Duration,
     /// Whether http agents may call non-public addresses.
     pub allow_private_networks: bool,
+    /// How long finished executions and webhook events are kept (`None`:
+    /// forever).
+    pub retention: Option<Duration>,
 }
 
 /// The validated configuration.
@@ -348,6 +355,7 @@ impl Config {
                 poll_interval: Duration::from_secs(1),
                 http_timeout: Duration::from_secs(30),
                 allow_private_networks: false,
+                retention: Some(Duration::from_secs(30 * 24 * 3600)),
             },
         }
     }
@@ -438,6 +446,7 @@ impl Args {
             poll_interval: self.poll_interval,
             http_timeout: self.agent_http_timeout,
             allow_private_networks: self.agent_allow_private_networks,
+            retention: Some(self.retention).filter(|r| !r.is_zero()),
         };
         Ok(c)
     }
@@ -456,6 +465,21 @@ mod tests {
         assert!(c.database_url.expose().starts_with("sqlite://"));
         assert!(matches!(c.store, StoreConfig::Local(_)));
         assert!(c.llm.is_none());
+        assert_eq!(c.queue.retention, Some(Duration::from_secs(30 * 24 * 3600)));
+    }
+
+    #[test]
+    fn a_zero_retention_keeps_everything() {
+        let retention = |v: &str| {
+            Args::try_parse_from(["prodgy-api", "--retention", v])
+                .map(|a| a.config().unwrap().queue.retention)
+        };
+        assert_eq!(retention("0s").unwrap(), None);
+        assert_eq!(
+            retention("12h").unwrap(),
+            Some(Duration::from_secs(12 * 3600))
+        );
+        assert!(retention("a while").is_err());
     }
 
     #[test]

@@ -117,6 +117,53 @@ pub async fn fail_exhausted(state: &AppState) -> Result<u64> {
     Ok(done)
 }
 
+/// Deletes finished executions and webhook events from before `before_ms`
+/// (unix ms); returns how many of each. Queued and running executions are
+/// never deleted, however old.
+pub async fn prune(state: &AppState, before_ms: i64) -> Result<(u64, u64)> {
+    // `created_at <= finished_at`, so the created_at bound lets the
+    // (status, created_at) index narrow the scan.
+    let executions = sqlx::query(
+        "DELETE FROM executions WHERE status IN ('succeeded', 'failed') \
+         AND created_at < $1 AND finished_at < $1",
+    )
+    .bind(before_ms)
+    .execute(&state.db.pool)
+    .await?
+    .rows_affected();
+    let events = sqlx::query("DELETE FROM webhook_events WHERE received_at < $1")
+        .bind(before_ms)
+        .execute(&state.db.pool)
+        .await?
+        .rows_affected();
+    Ok((executions, events))
+}
+
+/// How often the retention is applied.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Applies `--retention` at start, then hourly, until `shutdown`.
+pub async fn retention_loop(state: AppState, retention: Duration, shutdown: CancellationToken) {
+    let keep_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    while !shutdown.is_cancelled() {
+        match prune(&state, now_ms().saturating_sub(keep_ms)).await {
+            Ok((0, 0)) => {}
+            Ok((executions, events)) => {
+                tracing::info!(
+                    executions,
+                    webhook_events = events,
+                    "deleted records past the retention"
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "applying the retention failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(PRUNE_EVERY) => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
+}
+
 /// Renews a lease; false when the row is no longer ours (deleted, or
 /// reclaimed after our lease ran out).
 pub async fn heartbeat(state: &AppState, id: &str, worker: &str) -> Result<bool> {

@@ -115,6 +115,13 @@ impl Server {
         let mut background = queue::spawn_workers(&state, config.queue.workers, &shutdown);
         background.spawn(triggers::scheduler(state.clone(), shutdown.clone()));
         background.spawn(sweep_blobs(state.clone(), shutdown.clone()));
+        if let (Some(retention), 1..) = (config.queue.retention, config.queue.workers) {
+            background.spawn(queue::retention_loop(
+                state.clone(),
+                retention,
+                shutdown.clone(),
+            ));
+        }
         tracing::info!(
             %addr,
             %ops_addr,

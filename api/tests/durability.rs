@@ -19,6 +19,7 @@ on_every_backend!(
     replicas_share_the_queue_without_double_work,
     schedules_fire_once_per_tick_across_replicas,
     credentials_survive_key_rotation,
+    the_retention_deletes_only_finished_work_past_its_age,
 );
 
 async fn http_agent(api: &Api, upstream: &Upstream, path: &str) -> (String, String) {
@@ -163,6 +164,129 @@ async fn a_graceful_shutdown_hands_running_work_back() {
         .await;
     assert_eq!(done["status"], "succeeded");
     assert_eq!(done["attempts"], 1);
+}
+
+async fn count(app: &support::Running, sql: &str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(&app.state().db.pool)
+        .await
+        .unwrap()
+}
+
+async fn the_retention_deletes_only_finished_work_past_its_age(b: Backend) {
+    let env = Env::new(&b).await;
+    let mut idle = env.config();
+    idle.queue.workers = 0;
+    let app = env.start_with(idle).await;
+    let hour = 3_600_000_i64;
+    let now = prodgy_api::ids::now_ms();
+    // (id, status, created, finished): two days old unless named "new".
+    let rows = [
+        (
+            "exe_old_ok",
+            "succeeded",
+            now - 48 * hour,
+            Some(now - 47 * hour),
+        ),
+        (
+            "exe_old_failed",
+            "failed",
+            now - 48 * hour,
+            Some(now - 47 * hour),
+        ),
+        ("exe_old_queued", "queued", now - 48 * hour, None),
+        ("exe_old_running", "running", now - 48 * hour, None),
+        ("exe_new_ok", "succeeded", now - 2 * hour, Some(now - hour)),
+        // Queued long ago, finished recently: kept.
+        (
+            "exe_slow_ok",
+            "succeeded",
+            now - 48 * hour,
+            Some(now - hour),
+        ),
+    ];
+    for (id, status, created, finished) in rows {
+        sqlx::query(
+            "INSERT INTO executions (id, product, agent_id, trigger_id, status, input, \
+             attempts, max_attempts, created_at, finished_at, updated_at) \
+             VALUES ($1, 'acme', 'agt_x', NULL, $2, '{}', 1, 3, $3, $4, $3)",
+        )
+        .bind(id)
+        .bind(status)
+        .bind(created)
+        .bind(finished)
+        .execute(&app.state().db.pool)
+        .await
+        .unwrap();
+    }
+    for (id, at) in [("evt_old", now - 48 * hour), ("evt_new", now - hour)] {
+        sqlx::query(
+            "INSERT INTO webhook_events (id, product, path, body, execution_ids, received_at) \
+             VALUES ($1, 'acme', 'a/b', '{}', '[]', $2)",
+        )
+        .bind(id)
+        .bind(at)
+        .execute(&app.state().db.pool)
+        .await
+        .unwrap();
+    }
+    // Keep one day.
+    let deleted = prodgy_api::queue::prune(app.state(), now - 24 * hour)
+        .await
+        .unwrap();
+    assert_eq!(deleted, (2, 1));
+    let mut left: Vec<String> = sqlx::query_scalar("SELECT id FROM executions")
+        .fetch_all(&app.state().db.pool)
+        .await
+        .unwrap();
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            "exe_new_ok",
+            "exe_old_queued",
+            "exe_old_running",
+            "exe_slow_ok"
+        ]
+    );
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COUNT(*) FROM webhook_events WHERE id = 'evt_new'"
+        )
+        .await,
+        1
+    );
+    // Applied again: nothing more to delete.
+    let again = prodgy_api::queue::prune(app.state(), now - 24 * hour)
+        .await
+        .unwrap();
+    assert_eq!(again, (0, 0));
+    app.stop().await;
+
+    // A replica with workers applies the configured retention at start.
+    let mut pruning = env.config();
+    pruning.queue.workers = 1;
+    pruning.queue.retention = Some(Duration::from_secs(1800));
+    let app = env.start_with(pruning).await;
+    let mut waited = 0;
+    while count(&app, "SELECT COUNT(*) FROM webhook_events").await > 0 {
+        assert!(waited < 100, "the retention was not applied at start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += 1;
+    }
+    // (The queued row may have been claimed meanwhile and failed just now.)
+    let stale = count(
+        &app,
+        &format!(
+            "SELECT COUNT(*) FROM executions WHERE status IN ('succeeded', 'failed') \
+             AND finished_at < {}",
+            now - hour / 2
+        ),
+    )
+    .await;
+    assert_eq!(stale, 0);
+    app.stop().await;
 }
 
 async fn replicas_share_the_queue_without_double_work(b: Backend) {
