@@ -264,9 +264,7 @@ impl AuthProxy {
         session.write_response_header(Box::new(resp)).await?;
         session.write_response_body(body, true).await
     }
-}
 
-impl AuthProxy {
     /// The upstream request head: the client's, as HTTP/1.1, without the
     /// credential, client-sent identity headers or hop-by-hop headers, with
     /// the verified identity.
