@@ -772,6 +772,24 @@ async fn every_command_says_when_the_crd_is_not_installed() {
 }
 
 #[tokio::test]
+async fn rejected_credentials_point_at_the_kubeconfig_user() {
+    let (server, client) = cluster().await;
+    seed_active(&client, "ci").await;
+    let mut config = server.config().unwrap();
+    config.auth_info.token = Some("someone-elses-token".to_owned().into());
+    let stranger = Client::try_from(config).unwrap();
+    for args in [&["list"][..], &["get", "ci"], &["revoke", "ci", "--yes"]] {
+        let run = exec(&stranger, args, Tty::None).await;
+        assert_eq!(
+            run.error(),
+            "the Kubernetes API at the configured cluster rejected your credentials (401): check your kubeconfig user",
+            "{args:?}"
+        );
+    }
+    assert!(!fetch(&client, "default", "ci").await.spec.revoked);
+}
+
+#[tokio::test]
 async fn rbac_refusals_name_the_verb_and_resource() {
     let (server, client) = cluster().await;
     seed_active(&client, "ci").await;

@@ -42,7 +42,8 @@
 //!   [`FakeApiServer::deny`] / [`FakeApiServer::deny_cluster_wide`] /
 //!   [`FakeApiServer::deny_in`] / [`FakeApiServer::allow`] (403 Forbidden),
 //!   [`FakeApiServer::close_watches`], [`FakeApiServer::compact_history`]
-//!   (410 on resume).
+//!   (410 on resume). A bearer token other than the kubeconfig's gets 401
+//!   Unauthorized; a request without one is served.
 //! - Store: [`FakeApiServer::get_object`], [`FakeApiServer::list_objects`],
 //!   [`FakeApiServer::put_object`], [`FakeApiServer::delete_object`],
 //!   [`FakeApiServer::event_count`], [`FakeApiServer::request_count`],
@@ -337,7 +338,7 @@ clusters:
 users:
 - name: prodgy-kube-fake
   user:
-    token: prodgy-kube-fake
+    token: {token}
 contexts:
 - name: prodgy-kube-fake
   context:
@@ -346,7 +347,8 @@ contexts:
     namespace: default
 current-context: prodgy-kube-fake
 ",
-            url = self.url()
+            url = self.url(),
+            token = server::USER_TOKEN,
         )
     }
 

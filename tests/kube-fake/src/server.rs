@@ -23,6 +23,9 @@ use crate::selector::{FieldSelector, LabelSelector, Selectors};
 use crate::store::{DeleteOpts, PatchKind, Propagation, Store, WatchFrom, filter_event};
 use crate::types::ResourceType;
 
+/// The bearer token of the one user the server knows ([`crate::FakeApiServer::kubeconfig_yaml`]).
+pub(crate) const USER_TOKEN: &str = "prodgy-kube-fake";
+
 /// The largest request body the real server accepts (3 MiB).
 const MAX_BODY: usize = 3 * 1024 * 1024;
 
@@ -247,6 +250,15 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             "the server is currently unable to handle the request",
         )
         .into_response();
+    }
+    // One user exists: the kubeconfig's. Other credentials are rejected as
+    // a real server's authenticator would; none at all is anonymous.
+    if req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .is_some_and(|v| v.as_bytes() != format!("Bearer {USER_TOKEN}").as_bytes())
+    {
+        return ApiError::new(401, "Unauthorized", "Unauthorized").into_response();
     }
     let method = req.method().clone();
     let uri = req.uri().clone();
