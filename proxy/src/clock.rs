@@ -15,14 +15,9 @@ pub fn unix_ms() -> i64 {
     unix_nanos() / 1_000_000
 }
 
-/// Nanoseconds on a monotonic clock that starts near process start; used by
-/// the rate limiter, which must not jump with the wall clock.
-pub fn mono_nanos() -> u64 {
-    mono_nanos_at(Instant::now())
-}
-
-/// [`mono_nanos`] of an instant already read (saves a clock read on the
-/// hot path).
+/// `at` in nanoseconds on a monotonic clock that starts near process start;
+/// used by the rate limiter, which must not jump with the wall clock. Takes
+/// an instant the request already read, to save a clock read.
 pub fn mono_nanos_at(at: Instant) -> u64 {
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
     let origin = *ORIGIN.get_or_init(Instant::now);

@@ -118,13 +118,6 @@ enum Failure {
     Upstream(Box<PError>),
 }
 
-/// What became of one request.
-struct Finished {
-    status: u16,
-    /// Whether the client connection may carry another request.
-    reusable: bool,
-}
-
 static BODIES: LazyLock<Vec<Bytes>> =
     LazyLock::new(|| Reason::ALL.iter().map(|r| Bytes::from(r.body())).collect());
 
@@ -238,9 +231,7 @@ impl AuthProxy {
     async fn respond(&self, session: &mut ServerSession, refused: &Refused) -> pingora::Result<()> {
         let r = refused.reason;
         let body = BODIES.get(r.index()).cloned().unwrap_or_default();
-        let mut resp = ResponseHeader::build(r.status(), Some(6))?;
-        resp.insert_header(header::CONTENT_TYPE, "application/json")?;
-        resp.insert_header(header::CONTENT_LENGTH, body.len())?;
+        let mut resp = json_head(r.status(), body.len())?;
         resp.insert_header(header::CACHE_CONTROL, "no-store")?;
         if let Some(scope) = refused.scope {
             resp.insert_header(header::WWW_AUTHENTICATE, auth::scope_challenge(scope))?;
@@ -430,31 +421,27 @@ impl AuthProxy {
                 tracing::debug!(error = e.etype().as_str(), "reading the request failed");
                 (400, "bad_request", "the request could not be read")
             }
-            Failure::Upstream(e) => match e.etype() {
-                ErrorType::ConnectTimedout
-                | ErrorType::ConnectRefused
-                | ErrorType::ConnectError
-                | ErrorType::ConnectNoRoute => {
-                    self.state.metrics.upstream_error(UpstreamError::Connect);
-                    (502, "upstream_unavailable", "the API is not reachable")
+            Failure::Upstream(e) => {
+                tracing::warn!(error = e.etype().as_str(), "forwarding to the API failed");
+                match e.etype() {
+                    ErrorType::ConnectTimedout
+                    | ErrorType::ConnectRefused
+                    | ErrorType::ConnectError
+                    | ErrorType::ConnectNoRoute => {
+                        self.state.metrics.upstream_error(UpstreamError::Connect);
+                        (502, "upstream_unavailable", "the API is not reachable")
+                    }
+                    ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                        self.state.metrics.upstream_error(UpstreamError::Timeout);
+                        (504, "upstream_timeout", "the API did not answer in time")
+                    }
+                    _ => {
+                        self.state.metrics.upstream_error(UpstreamError::Other);
+                        (502, "upstream_error", "the API connection failed")
+                    }
                 }
-                ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
-                    self.state.metrics.upstream_error(UpstreamError::Timeout);
-                    (504, "upstream_timeout", "the API did not answer in time")
-                }
-                _ => {
-                    self.state.metrics.upstream_error(UpstreamError::Other);
-                    (502, "upstream_error", "the API connection failed")
-                }
-            },
+            }
         };
-        if let Failure::Upstream(e) = failure {
-            tracing::warn!(
-                error = e.etype().as_str(),
-                status,
-                "forwarding to the API failed"
-            );
-        }
         if let Some(sent) = down.response_written() {
             // Mid-response: the client sees the connection end.
             return sent.status.as_u16();
@@ -463,11 +450,9 @@ impl AuthProxy {
             serde_json::json!({"error": {"code": code, "message": message}}).to_string(),
         );
         let sent = async {
-            let mut resp = ResponseHeader::build(status, Some(3))?;
-            resp.insert_header(header::CONTENT_TYPE, "application/json")?;
-            resp.insert_header(header::CONTENT_LENGTH, body.len())?;
             down.set_keepalive(None);
-            down.write_response_header(Box::new(resp)).await?;
+            down.write_response_header(Box::new(json_head(status, body.len())?))
+                .await?;
             down.write_response_body(body, true).await
         }
         .await;
@@ -480,8 +465,9 @@ impl AuthProxy {
         status
     }
 
-    /// Handles one request whose head has been read.
-    async fn handle(&self, down: &mut ServerSession, kept: &mut Option<Stream>) -> Finished {
+    /// Handles one request whose head has been read; returns whether the
+    /// client connection may carry another.
+    async fn handle(&self, down: &mut ServerSession, kept: &mut Option<Stream>) -> bool {
         let _in_flight = InFlight::start();
         let start = Instant::now();
         let now = clock::unix_nanos();
@@ -528,8 +514,16 @@ impl AuthProxy {
             rejected,
             start.elapsed(),
         );
-        Finished { status, reusable }
+        reusable
     }
+}
+
+/// The head of a JSON response the proxy writes itself.
+fn json_head(status: u16, len: usize) -> pingora::Result<ResponseHeader> {
+    let mut resp = ResponseHeader::build(status, Some(6))?;
+    resp.insert_header(header::CONTENT_TYPE, "application/json")?;
+    resp.insert_header(header::CONTENT_LENGTH, len)?;
+    Ok(resp)
 }
 
 /// Reads response heads until the final one (skipping `1xx` other than 101).
@@ -592,12 +586,7 @@ impl ServerApp for AuthProxy {
                     break;
                 }
             }
-            let finished = self.handle(&mut down, &mut kept).await;
-            if !finished.reusable {
-                tracing::trace!(
-                    status = finished.status,
-                    "client connection closed after the response"
-                );
+            if !self.handle(&mut down, &mut kept).await {
                 down.shutdown().await;
                 break;
             }
