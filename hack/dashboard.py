@@ -9,9 +9,19 @@ Edit the panels here, then regenerate:
 hack/check-chart.sh fails when the committed JSON differs from this output.
 The metric names are those the proxy and the operator export (docs/deployment.md
 lists them).
+
+    python3 hack/dashboard.py --rules
+
+prints every panel and variable query instead as a recording rule of a
+Prometheus rule file, with Grafana's variables replaced by values, so that
+`promtool check rules` parses each one as PromQL (hack/check-chart.sh). The
+test tests/tests/metrics.rs checks that the series named here are ones the
+binaries export.
 """
 
 import json
+import re
+import sys
 
 DS = {"type": "prometheus", "uid": "${datasource}"}
 panels = []
@@ -119,4 +129,30 @@ dash = {
     "annotations": {"list": []},
     "panels": panels,
 }
-print(json.dumps(dash, indent=2))
+
+
+def as_promql(expr):
+    """Grafana's variables replaced by what they stand for at query time."""
+    expr = expr.replace("$__rate_interval", "5m").replace("$__range", "6h")
+    return re.sub(r"\$\w+", ".*", expr)
+
+
+def rules():
+    """One recording rule per panel target and per variable's series."""
+    out = []
+    for p in panels:
+        for t in p.get("targets", []):
+            out.append({"record": f"dashboard:panel_{p['id']}_{t['refId']}",
+                        "expr": as_promql(t["expr"])})
+    for v in dash["templating"]["list"]:
+        m = re.fullmatch(r"label_values\((.+), *(\w+)\)", v.get("definition", ""))
+        if m:
+            out.append({"record": f"dashboard:variable_{v['name']}",
+                        "expr": f"count by ({m[2]}) ({as_promql(m[1])})"})
+    return {"groups": [{"name": "prodgy-dashboard-expressions", "rules": out}]}
+
+
+if sys.argv[1:] == ["--rules"]:
+    print(json.dumps(rules(), indent=2))
+else:
+    print(json.dumps(dash, indent=2))
