@@ -168,6 +168,38 @@ impl Phase {
         Phase::Revoked,
     ];
 
+    /// The phase of a token: the one precedence of states,
+    /// Revoked > Expired > Pending (nothing issued yet) > Inactive > Active.
+    /// Everything that derives a state from a token uses this function: the
+    /// hashed record's verdict (and so the proxy), the operator's planner,
+    /// error handling and metrics, and the CLI.
+    pub const fn of(revoked: bool, expired: bool, issued: bool, active: bool) -> Phase {
+        if revoked {
+            Phase::Revoked
+        } else if expired {
+            Phase::Expired
+        } else if !issued {
+            Phase::Pending
+        } else if !active {
+            Phase::Inactive
+        } else {
+            Phase::Active
+        }
+    }
+
+    /// Whether the `Ready` condition is True in this phase, and its reason.
+    /// Reasons that are not phases (an invalid spec, a lost hashed Secret, a
+    /// failed write) take precedence over these where they apply.
+    pub const fn ready(self) -> (bool, &'static str) {
+        match self {
+            Phase::Active => (true, condition::REASON_ACTIVE),
+            Phase::Inactive => (false, condition::REASON_INACTIVE),
+            Phase::Expired => (false, condition::REASON_EXPIRED),
+            Phase::Revoked => (false, condition::REASON_REVOKED),
+            Phase::Pending => (false, condition::REASON_RECONCILE_ERROR),
+        }
+    }
+
     /// The name as written in status.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -271,6 +303,36 @@ pub mod condition {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn phase_precedence_is_revoked_expired_pending_inactive_active() {
+        for bits in 0..16u8 {
+            let [revoked, expired, issued, active] = [0, 1, 2, 3].map(|i| bits & (1 << i) != 0);
+            let want = match () {
+                () if revoked => Phase::Revoked,
+                () if expired => Phase::Expired,
+                () if !issued => Phase::Pending,
+                () if !active => Phase::Inactive,
+                () => Phase::Active,
+            };
+            assert_eq!(
+                Phase::of(revoked, expired, issued, active),
+                want,
+                "{bits:04b}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_an_active_token_is_ready() {
+        for phase in Phase::ALL {
+            let (ready, reason) = phase.ready();
+            assert_eq!(ready, phase == Phase::Active, "{phase:?}");
+            if phase != Phase::Pending {
+                assert_eq!(reason, phase.as_str(), "{phase:?}");
+            }
+        }
+    }
 
     #[test]
     fn minimal_manifest_gets_the_documented_defaults() {

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     Error, Result,
-    apitoken::RateLimit,
+    apitoken::{Phase, RateLimit},
     scope::{Scope, ScopeSet},
     token::TokenHash,
 };
@@ -59,15 +59,27 @@ pub enum RecordState {
 }
 
 impl RecordState {
-    /// The decision for a token in this state, expired or not, with the
-    /// precedence of the status: Revoked > Expired > Inactive. The one place
-    /// that order is written; the proxy's compact records use it too.
-    pub fn verdict(self, expired: bool) -> std::result::Result<(), Refusal> {
-        match self {
-            RecordState::Revoked => Err(Refusal::Revoked),
-            _ if expired => Err(Refusal::Expired),
-            RecordState::Inactive => Err(Refusal::Inactive),
-            RecordState::Active => Ok(()),
+    /// The decision for a token in this state, expired or not, by the
+    /// precedence of [`Phase::of`]. The proxy's compact records use it too.
+    pub const fn verdict(self, expired: bool) -> std::result::Result<(), Refusal> {
+        let revoked = matches!(self, RecordState::Revoked);
+        let active = matches!(self, RecordState::Active);
+        match Phase::of(revoked, expired, true, active) {
+            Phase::Active => Ok(()),
+            Phase::Revoked => Err(Refusal::Revoked),
+            Phase::Expired => Err(Refusal::Expired),
+            Phase::Inactive | Phase::Pending => Err(Refusal::Inactive),
+        }
+    }
+
+    /// The state a spec asks for (expiry is checked against the clock).
+    pub const fn of(revoked: bool, active: bool) -> RecordState {
+        if revoked {
+            RecordState::Revoked
+        } else if active {
+            RecordState::Active
+        } else {
+            RecordState::Inactive
         }
     }
 }
@@ -166,7 +178,7 @@ impl HashedRecord {
     }
 
     /// The decision for a request presenting the digest at `entry` at `now`,
-    /// with the precedence of the status: Revoked > Expired > Inactive.
+    /// by the precedence of [`Phase::of`].
     pub fn check(&self, entry: &HashEntry, now: DateTime<Utc>) -> std::result::Result<(), Refusal> {
         let expired = |at: Option<DateTime<Utc>>| at.is_some_and(|at| now >= at);
         self.state

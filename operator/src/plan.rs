@@ -23,16 +23,14 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use prodgy_crds::{
-    ApiToken, ApiTokenStatus, DeliveryMode, HashEntry, HashedRecord, Phase, RecordState, Token,
-    UsageReport,
+    ApiToken, ApiTokenStatus, DeliveryMode, HashedRecord, Phase, Token, UsageReport,
     apitoken::condition,
-    hashed::{
-        MANAGED_BY, MANAGED_BY_LABEL, RECORD_VERSION, TOKEN_NAME_LABEL, TOKEN_UID_LABEL,
-        label_value,
-    },
+    hashed::{MANAGED_BY, MANAGED_BY_LABEL, TOKEN_NAME_LABEL, TOKEN_UID_LABEL, label_value},
 };
 
 use crate::{Error, Result, usage};
+
+mod stages;
 
 /// Data key of the plaintext in the delivery Secret.
 pub const DELIVERY_TOKEN_KEY: &str = "token";
@@ -69,9 +67,6 @@ pub mod reason {
     /// The spec cannot be acted on.
     pub const INVALID_SPEC: &str = "InvalidSpec";
 }
-
-/// Longest accepted grace period: beyond it a spec is surely a typo.
-const MAX_GRACE: TimeDelta = TimeDelta::days(3650);
 
 /// Operator-wide settings the planner needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -362,503 +357,49 @@ pub fn delivery_mode(token: &ApiToken, default: DeliveryMode) -> DeliveryMode {
         .unwrap_or(default)
 }
 
-/// Where the current token comes from in this pass.
-enum Source<'a> {
-    /// The observed record already holds it.
-    Recorded(&'a HashedRecord),
-    /// The delivery Secret holds it; the record must be (re)built.
-    Delivered(&'a Token, DateTime<Utc>),
-    /// A new token is issued now.
-    Fresh,
-    /// No token and none to be had (see the reason).
-    None(Gap),
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Gap {
-    /// Revoked before any token existed: nothing to issue.
-    RevokedUnissued,
-    /// The hashed Secret and the plaintext are both gone.
-    Lost,
-    /// The spec blocks issuing (see the InvalidSpec message).
-    Blocked,
-}
-
-/// The current hash entry, its issue time, its display prefix and, when this
-/// pass (re)issues, the token and its issue time.
-type Current<'a> = (
-    Option<HashEntry>,
-    Option<DateTime<Utc>>,
-    Option<String>,
-    Option<(&'a Token, DateTime<Utc>)>,
-);
-
-/// Decides one pass. Pure: the same inputs always give the same plan.
+/// Decides one pass. Pure: the same inputs always give the same plan. Each
+/// stage is a function of [`stages`] taking the results of the ones before.
 pub fn plan(cfg: &PlanConfig, input: &Inputs<'_>) -> Result<Plan> {
-    let id = TokenId::of(input.token)?;
-    let spec = &input.token.spec;
-    let current = input.token.status.clone().unwrap_or_default();
-    let now = input.now;
-    let regen = spec.regeneration;
-    let mode = delivery_mode(input.token, cfg.delivery_mode);
-    let delivery_name = delivery_secret_name(input.token);
-    let observed = input.hashed.record();
-    let delivered = input.delivery.holds(regen);
-
-    let mut invalid: Option<String> = None;
-    let grace = match spec.regeneration_grace_period.as_deref() {
-        None => Ok(None),
-        Some(text) => prodgy_crds::duration::parse(text)
-            .ok()
-            .and_then(|d| TimeDelta::from_std(d).ok())
-            .filter(|d| *d <= MAX_GRACE)
-            .map(Some)
-            .ok_or_else(|| {
-                format!(
-                    "spec.regenerationGracePeriod {text:?} is not a usable duration \
-                     (at most 3650d)"
-                )
-            }),
-    };
-
-    let source = match observed {
-        Some(rec) if rec.hashes.first().is_some_and(|h| h.regeneration >= regen) => {
-            Source::Recorded(rec)
-        }
-        // Revoked tokens are never (re)issued; an older record stays as is.
-        Some(rec) if spec.revoked => Source::Recorded(rec),
-        None if spec.revoked => Source::None(Gap::RevokedUnissued),
-        _ => {
-            // The grace period only matters when a previous token exists.
-            if let (Err(why), Some(_)) = (&grace, observed) {
-                invalid = Some(why.clone());
-            }
-            if let Some((token, issued_at)) = delivered {
-                Source::Delivered(token, issued_at.unwrap_or(now))
-            } else if observed.is_none() && current.issued_regeneration == Some(regen) {
-                Source::None(Gap::Lost)
-            } else if invalid.is_some() {
-                observed.map_or(Source::None(Gap::Blocked), Source::Recorded)
-            } else if *input.delivery == DeliveryObs::Foreign {
-                invalid = Some(format!(
-                    "Secret {}/{delivery_name} exists and is not managed by the operator; \
-                     choose another spec.delivery.secretName",
-                    id.namespace
-                ));
-                observed.map_or(Source::None(Gap::Blocked), Source::Recorded)
-            } else {
-                Source::Fresh
-            }
-        }
-    };
-    let grace = grace.ok().flatten();
-
-    // The current hash entry, the token's issue time and its display prefix.
-    let (current_entry, issued_at, prefix, new_token): Current<'_> = match &source {
-        Source::Recorded(rec) => {
-            let entry = rec.hashes.first().cloned();
-            let r = entry.as_ref().map(|e| e.regeneration);
-            let same = current.issued_regeneration == r && r.is_some();
-            let held = r.and_then(|r| input.delivery.holds(r));
-            // The status is the best witness of the current token; after a
-            // crash before the status write, the delivery Secret is.
-            let issued_at = current
-                .created_at
-                .filter(|_| same)
-                .or_else(|| held.and_then(|(_, at)| at))
-                .or(current.created_at);
-            let prefix = current
-                .prefix
-                .clone()
-                .filter(|_| same)
-                .or_else(|| held.map(|(t, _)| t.display_prefix().to_owned()))
-                .or_else(|| current.prefix.clone());
-            (entry, issued_at, prefix, None)
-        }
-        Source::Delivered(token, at) => (
-            Some(entry_for(token, regen)),
-            Some(*at),
-            Some(token.display_prefix().to_owned()),
-            Some((*token, *at)),
-        ),
-        Source::Fresh => (
-            Some(entry_for(input.fresh_token, regen)),
-            Some(now),
-            Some(input.fresh_token.display_prefix().to_owned()),
-            Some((input.fresh_token, now)),
-        ),
-        Source::None(_) => (None, None, None, None),
-    };
-
-    // Hashes still accepted besides the current one.
-    let mut previous: Vec<HashEntry> = observed
-        .map(|rec| {
-            rec.hashes
-                .iter()
-                .skip(1)
-                .filter(|h| h.not_after.is_some_and(|t| t > now))
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default();
-    if let (Some((_, at)), Some(old)) = (new_token, observed.and_then(|r| r.hashes.first())) {
-        // A regeneration: the superseded token lives on through the grace
-        // period, counted from the new token's issue time (so a retried
-        // pass computes the same instant).
-        let until = grace
-            .filter(|g| *g > TimeDelta::zero())
-            .map(|g| later(at, g));
-        if let Some(until) = until.filter(|u| *u > now) {
-            previous.insert(
-                0,
-                HashEntry {
-                    not_after: Some(until),
-                    ..old.clone()
-                },
-            );
-        }
-    }
-
-    let desired_record = current_entry.as_ref().map(|entry| {
-        let mut hashes = Vec::with_capacity(1 + previous.len());
-        hashes.push(entry.clone());
-        hashes.extend(previous.iter().cloned());
-        HashedRecord {
-            version: RECORD_VERSION,
-            namespace: id.namespace.clone(),
-            name: id.name.clone(),
-            uid: id.uid.clone(),
-            product: spec.product.clone(),
-            state: if spec.revoked {
-                RecordState::Revoked
-            } else if spec.active {
-                RecordState::Active
-            } else {
-                RecordState::Inactive
-            },
-            expires_at: spec.expires_at,
-            scopes: spec.scopes.clone(),
-            rate_limit: spec.rate_limit,
-            hashes,
-        }
-    });
-    let put_hashed = desired_record
-        .as_ref()
-        .filter(|d| observed != Some(*d))
-        .cloned();
-
-    let put_delivery = match &source {
-        Source::Fresh => Some(delivery_secret(
-            &id,
-            &delivery_name,
-            input.fresh_token,
-            regen,
-            now,
-        )),
-        _ => None,
-    };
-
-    // The delivery Secret after this pass, and the reveal window.
-    let current_regen = current_entry.as_ref().map(|e| e.regeneration);
-    let status_durable = current_regen.is_some() && current.issued_regeneration == current_regen;
-    let (mut delivery_kept, delivery_issued_at) = match (&put_delivery, input.delivery) {
-        (Some(_), _) => (true, Some(now)),
-        (None, DeliveryObs::Ours { issued_at, .. }) => (true, *issued_at),
-        _ => (false, None),
-    };
-    let holds_current =
-        put_delivery.is_some() || current_regen.is_some_and(|r| input.delivery.holds(r).is_some());
-    let mut delete_delivery = None;
-    let mut reveal_deadline = None;
-    if mode == DeliveryMode::RevealOnce && delivery_kept {
-        let deadline = later(delivery_issued_at.unwrap_or(now), cfg.reveal_window);
-        // Only once the status durably records the issue, so that a lost
-        // hashed Secret can still be rebuilt until then.
-        if now >= deadline && status_durable && put_delivery.is_none() {
-            delete_delivery = Some(delivery_name.clone());
-            delivery_kept = false;
-        } else {
-            reveal_deadline = Some(deadline);
-        }
-    }
-
-    // Phase, by precedence.
-    let expired = spec.expires_at.is_some_and(|at| now >= at);
-    let phase = if spec.revoked {
-        Phase::Revoked
-    } else if expired {
-        Phase::Expired
-    } else if desired_record.is_none() {
-        Phase::Pending
-    } else if !spec.active {
-        Phase::Inactive
-    } else {
-        Phase::Active
-    };
-    let lost = matches!(source, Source::None(Gap::Lost));
-
-    // Usage.
+    let f = stages::Frame::new(cfg, input)?;
+    let sourced = stages::source(&f);
+    let issued = stages::issued(&f, &sourced.source);
+    let record = stages::desired_record(&f, sourced.grace, &issued);
+    let delivery = stages::delivery(&f, &sourced.source, &issued);
+    let phase = stages::phase(&f, record.as_ref());
+    let readiness = stages::readiness(&f, phase, &sourced, record.is_some(), &delivery);
+    let ledger = f.current.usage_ledger.clone().unwrap_or_default();
     let folded = usage::fold(
-        &id.uid,
-        &current.usage_ledger.clone().unwrap_or_default(),
+        &f.id.uid,
+        &ledger,
         input.reports,
-        now,
+        f.now,
         cfg.usage_report_retention,
     );
-
-    // The Ready condition.
-    let (ready, reason, mut message) = if phase == Phase::Revoked {
-        (
-            false,
-            condition::REASON_REVOKED,
-            "The token is revoked permanently.".to_owned(),
-        )
-    } else if let Some(why) = &invalid {
-        (false, condition::REASON_INVALID_SPEC, format!("{why}."))
-    } else if lost {
-        (
-            false,
-            condition::REASON_HASHED_SECRET_LOST,
-            format!(
-                "The hashed Secret {}/{} is gone and the plaintext is no longer stored, so the \
-                 token cannot be verified. Increase spec.regeneration to issue a new token.",
-                cfg.hashed_namespace,
-                HashedRecord::secret_name(&id.uid)
-            ),
-        )
-    } else {
-        match phase {
-            Phase::Expired => (
-                false,
-                condition::REASON_EXPIRED,
-                format!(
-                    "The token expired at {}.",
-                    spec.expires_at.map(rfc3339).unwrap_or_default()
-                ),
-            ),
-            Phase::Inactive => (
-                false,
-                condition::REASON_INACTIVE,
-                "The token is deactivated (spec.active is false).".to_owned(),
-            ),
-            Phase::Active => (
-                true,
-                condition::REASON_ACTIVE,
-                "The token is accepted.".to_owned(),
-            ),
-            // Unreachable by construction (no record without a gap); say so plainly.
-            Phase::Pending | Phase::Revoked => (
-                false,
-                condition::REASON_RECONCILE_ERROR,
-                "The token is not issued yet.".to_owned(),
-            ),
-        }
-    };
-    if desired_record.is_some() && phase != Phase::Revoked {
-        message.push(' ');
-        message.push_str(&delivery_note(
-            mode,
-            &id.namespace,
-            &delivery_name,
-            delivery_kept && holds_current,
-            reveal_deadline,
-        ));
-    }
-    let prev_ready = current
-        .conditions
-        .iter()
-        .find(|c| c.type_ == condition::READY);
-    let conditions = with_ready(
-        &current.conditions,
-        ready,
-        reason,
-        message,
-        Some(id.generation),
-        now,
+    let events = stages::events(&f, &sourced, &issued, phase, record.as_ref(), &delivery);
+    let desired = stages::desired_status(
+        &f,
+        stages::Outcome {
+            phase,
+            sourced: &sourced,
+            issued: &issued,
+            record: record.as_ref(),
+            delivery: &delivery,
+            readiness,
+            folded: &folded,
+        },
     );
-
-    let previous_valid_until = desired_record
-        .as_ref()
-        .and_then(|r| r.hashes.iter().skip(1).filter_map(|h| h.not_after).max());
-    let desired_status = ApiTokenStatus {
-        phase: Some(phase),
-        prefix: prefix.clone(),
-        created_at: issued_at,
-        expires_at: spec.expires_at,
-        usage: folded.usage,
-        last_used_at: folded.last_used_at,
-        issued_regeneration: current_regen.or(if lost {
-            current.issued_regeneration
-        } else {
-            None
-        }),
-        previous_valid_until,
-        hashed_secret_name: desired_record
-            .as_ref()
-            .map(|_| HashedRecord::secret_name(&id.uid)),
-        hashed_secret_namespace: desired_record
-            .as_ref()
-            .map(|_| cfg.hashed_namespace.clone()),
-        delivery_secret_name: (delivery_kept && holds_current).then(|| delivery_name.clone()),
-        usage_ledger: (folded.ledger != Default::default()).then(|| folded.ledger.clone()),
-        observed_generation: Some(id.generation),
-        conditions,
-    };
-
-    let next_grace_end = desired_record
-        .as_ref()
-        .and_then(|r| r.hashes.iter().skip(1).filter_map(|h| h.not_after).min());
-    let mut requeue_at = [
-        spec.expires_at.filter(|at| *at > now),
-        next_grace_end,
-        // Not filtered: a deadline already passed but held back (status not
-        // yet durable) asks for an immediate retry.
-        reveal_deadline,
-        folded.next_retirement,
-    ]
-    .into_iter()
-    .flatten()
-    .min();
-
-    let status = if desired_status == current {
-        None
-    } else {
-        let mut same_but_usage = desired_status.clone();
-        same_but_usage.usage = current.usage;
-        same_but_usage.last_used_at = current.last_used_at;
-        let usage_only = same_but_usage == current;
-        let next_allowed = input
-            .last_usage_write
-            .map(|last| later(last, cfg.usage_status_interval));
-        match next_allowed {
-            Some(at) if usage_only && now < at => {
-                requeue_at = Some(requeue_at.map_or(at, |r| r.min(at)));
-                None
-            }
-            _ => Some(StatusWrite {
-                status: desired_status,
-                usage_only,
-            }),
-        }
-    };
-
-    // Events.
-    let mut events = Vec::new();
-    let shown = prefix.as_deref().unwrap_or("");
-    let previous_note = match previous_valid_until {
-        Some(until) => format!("the previous token is accepted until {}", rfc3339(until)),
-        None => "the previous token is rejected from now on".to_owned(),
-    };
-    let issued_event = |regenerated: bool| {
-        if regenerated {
-            normal(
-                reason::REGENERATED,
-                format!(
-                    "Issued token {shown}… for regeneration {}; {previous_note}. \
-                     Plaintext in Secret {delivery_name}.",
-                    current_regen.unwrap_or(regen)
-                ),
-            )
-        } else {
-            normal(
-                reason::ISSUED,
-                format!("Issued token {shown}…; plaintext in Secret {delivery_name}."),
-            )
-        }
-    };
-    match &source {
-        Source::Fresh | Source::Delivered(..) => {
-            let restored = matches!(source, Source::Delivered(..))
-                && observed.is_none()
-                && current.issued_regeneration == Some(regen);
-            if restored {
-                events.push(warning(
-                    reason::HASHED_SECRET_LOST,
-                    format!(
-                        "The hashed Secret was missing; rebuilt it from the delivery Secret \
-                         {delivery_name}. The token ({shown}…) is unchanged."
-                    ),
-                ));
-            } else {
-                events.push(issued_event(
-                    observed.is_some() || current.issued_regeneration.is_some(),
-                ));
-            }
-        }
-        // The record was written but the status not (a crash in between):
-        // announce the issue now, once.
-        Source::Recorded(_) if current.issued_regeneration != current_regen => {
-            events.push(issued_event(current.issued_regeneration.is_some()));
-        }
-        Source::None(Gap::Lost)
-            if prev_ready.map(|c| c.reason.as_str())
-                != Some(condition::REASON_HASHED_SECRET_LOST) =>
-        {
-            events.push(warning(
-                reason::HASHED_SECRET_LOST,
-                "The hashed Secret is gone and the plaintext is no longer stored; the token \
-                 cannot be verified. Increase spec.regeneration to issue a new token."
-                    .to_owned(),
-            ));
-        }
-        _ => {}
-    }
-    if let Some(why) = invalid
-        && prev_ready.map(|c| c.reason.as_str()) != Some(condition::REASON_INVALID_SPEC)
-    {
-        events.push(warning(reason::INVALID_SPEC, why));
-    }
-    let prev_phase = current.phase;
-    match phase {
-        Phase::Revoked if prev_phase != Some(Phase::Revoked) => {
-            events.push(normal(
-                reason::REVOKED,
-                "The token is revoked permanently.".into(),
-            ));
-        }
-        Phase::Expired if matches!(prev_phase, Some(Phase::Active | Phase::Inactive)) => {
-            events.push(normal(
-                reason::EXPIRED,
-                format!(
-                    "The token expired at {}.",
-                    spec.expires_at.map(rfc3339).unwrap_or_default()
-                ),
-            ));
-        }
-        Phase::Inactive if prev_phase == Some(Phase::Active) => {
-            events.push(normal(
-                reason::DEACTIVATED,
-                "The token is deactivated.".into(),
-            ));
-        }
-        Phase::Active if prev_phase == Some(Phase::Inactive) => {
-            events.push(normal(
-                reason::ACTIVATED,
-                "The token is active again.".into(),
-            ));
-        }
-        _ => {}
-    }
-    if let Some(name) = &delete_delivery {
-        events.push(normal(
-            reason::REVEAL_WINDOW_CLOSED,
-            format!(
-                "Deleted the delivery Secret {name}: the reveal window closed; the plaintext is \
-                 no longer stored anywhere."
-            ),
-        ));
-    }
-
-    let needs_fresh_read = put_delivery.is_some()
+    let wake = stages::wake_at(&f, record.as_ref(), &delivery, &folded);
+    let (status, requeue_at) = stages::status_write(&f, input.last_usage_write, desired, wake);
+    let put_hashed = record.as_ref().filter(|d| f.observed != Some(*d)).cloned();
+    let needs_fresh_read = delivery.put.is_some()
         || put_hashed.is_some()
-        || delete_delivery.is_some()
-        || (desired_record.is_none() && !spec.revoked);
-
+        || delivery.delete.is_some()
+        || (record.is_none() && !f.spec.revoked);
     Ok(Plan {
-        put_delivery,
+        put_delivery: delivery.put,
         put_hashed,
         status,
-        delete_delivery,
+        delete_delivery: delivery.delete,
         events,
         requeue_at,
         needs_fresh_read,
@@ -871,48 +412,6 @@ pub fn plan(cfg: &PlanConfig, input: &Inputs<'_>) -> Result<Plan> {
 /// duration in a spec is bad input, not a reason to crash.
 pub fn later(at: DateTime<Utc>, d: TimeDelta) -> DateTime<Utc> {
     at.checked_add_signed(d).unwrap_or(DateTime::<Utc>::MAX_UTC)
-}
-
-fn entry_for(token: &Token, regeneration: i64) -> HashEntry {
-    HashEntry::current(&token.hash(), regeneration)
-}
-
-fn delivery_note(
-    mode: DeliveryMode,
-    namespace: &str,
-    name: &str,
-    kept: bool,
-    reveal_deadline: Option<DateTime<Utc>>,
-) -> String {
-    match (mode, kept) {
-        (DeliveryMode::Secret, true) => format!("The plaintext is in Secret {namespace}/{name}."),
-        (DeliveryMode::RevealOnce, true) => format!(
-            "The plaintext is in Secret {namespace}/{name} until {} (RevealOnce).",
-            reveal_deadline.map(rfc3339).unwrap_or_default()
-        ),
-        (DeliveryMode::RevealOnce, false) => {
-            "The reveal window has closed; the plaintext is no longer stored anywhere.".to_owned()
-        }
-        (DeliveryMode::Secret, false) => format!(
-            "The delivery Secret {namespace}/{name} is gone; the plaintext is no longer stored."
-        ),
-    }
-}
-
-fn normal(reason: &'static str, note: String) -> PlannedEvent {
-    PlannedEvent {
-        warning: false,
-        reason,
-        note,
-    }
-}
-
-fn warning(reason: &'static str, note: String) -> PlannedEvent {
-    PlannedEvent {
-        warning: true,
-        reason,
-        note,
-    }
 }
 
 /// `conditions` with the `Ready` condition set (first in the list). The
