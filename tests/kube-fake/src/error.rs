@@ -23,6 +23,9 @@ pub enum Error {
     /// Building the kubeconfig or client failed.
     #[error("client configuration failed: {0}")]
     Client(String),
+    /// The TLS certificate or key cannot be served.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// A direct store operation was refused, with the server's reason.
     #[error("{0}")]
     Api(#[from] ApiError),

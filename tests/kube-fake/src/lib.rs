@@ -34,6 +34,9 @@
 //! - Reaching it: [`FakeApiServer::url`], [`FakeApiServer::client`],
 //!   [`FakeApiServer::config`], [`FakeApiServer::kubeconfig_yaml`],
 //!   [`FakeApiServer::write_kubeconfig`].
+//! - HTTPS: [`Builder::tls`] with a [`TlsIdentity`] (PEM chain, key, CA);
+//!   [`Builder::listen`] picks the address. The `kube-fake` binary serves
+//!   it standalone for tests that run containers (`hack/test-images.sh`).
 //! - Types: [`FakeApiServer::register_crd`],
 //!   [`FakeApiServer::register_prodgy_crds`] (CRDs created through the API
 //!   work the same way).
@@ -113,6 +116,7 @@ mod schema;
 mod selector;
 mod server;
 mod store;
+mod tls;
 mod types;
 
 use std::collections::{HashMap, HashSet};
@@ -126,6 +130,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use serde_json::Value;
 
 pub use error::{ApiError, Error, Result};
+pub use tls::TlsIdentity;
 
 use server::{Denial, DenyScope, Shared};
 use store::Store;
@@ -137,6 +142,8 @@ pub struct Builder {
     bookmark_interval: Duration,
     history_limit: usize,
     require_namespaces: bool,
+    listen: SocketAddr,
+    tls: Option<TlsIdentity>,
 }
 
 impl Default for Builder {
@@ -145,6 +152,8 @@ impl Default for Builder {
             bookmark_interval: Duration::from_secs(5),
             history_limit: 10_000,
             require_namespaces: false,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls: None,
         }
     }
 }
@@ -171,16 +180,34 @@ impl Builder {
         self
     }
 
-    /// Binds `127.0.0.1:0` and starts serving (see [`Self::start_blocking`]).
+    /// The address to listen on (default `127.0.0.1:0`, an ephemeral
+    /// loopback port). A fixed port lets a container reach the server as
+    /// its `KUBERNETES_SERVICE_HOST`/`PORT`.
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// Serve HTTPS with this identity instead of plain HTTP; [`FakeApiServer::url`],
+    /// [`FakeApiServer::config`] and the kubeconfig then trust its CA.
+    pub fn tls(mut self, identity: TlsIdentity) -> Self {
+        self.tls = Some(identity);
+        self
+    }
+
+    /// Binds the listen address and starts serving (see [`Self::start_blocking`]).
     pub async fn start(self) -> Result<FakeApiServer> {
         self.start_blocking()
     }
 
-    /// Binds `127.0.0.1:0` and starts serving on a thread with its own
+    /// Binds the listen address and starts serving on a thread with its own
     /// Tokio runtime, so the server keeps answering while a test blocks
     /// (say, running a binary synchronously) or from a non-async test.
     pub fn start_blocking(self) -> Result<FakeApiServer> {
-        let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+        // Both are checked before binding, so a bad identity fails here.
+        let acceptor = self.tls.as_ref().map(TlsIdentity::acceptor).transpose()?;
+        let ca = self.tls.as_ref().map(TlsIdentity::ca).transpose()?;
+        let listener = std::net::TcpListener::bind(self.listen)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let (disconnect, _) = tokio::sync::watch::channel(0);
@@ -221,7 +248,7 @@ impl Builder {
                     };
                     let _ = ready_tx.send(Ok(()));
                     tokio::select! {
-                        () = server::serve(listener, serving) => {}
+                        () = server::serve(listener, serving, acceptor) => {}
                         _ = stopped => {}
                     }
                 });
@@ -232,6 +259,7 @@ impl Builder {
             .map_err(|_| std::io::Error::other("the server thread exited at start"))??;
         Ok(FakeApiServer {
             shared,
+            ca,
             stop: Some(stop),
             thread: Some(thread),
         })
@@ -242,6 +270,8 @@ impl Builder {
 #[derive(Debug)]
 pub struct FakeApiServer {
     shared: Arc<Shared>,
+    /// The CA clients trust when serving HTTPS.
+    ca: Option<tls::Ca>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -297,9 +327,10 @@ impl FakeApiServer {
         self.shared.addr
     }
 
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>`, or `https://` when serving TLS.
     pub fn url(&self) -> String {
-        format!("http://{}", self.shared.addr)
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.shared.addr)
     }
 
     /// A client configuration pointing at this server (namespace `default`).
@@ -308,7 +339,9 @@ impl FakeApiServer {
             .url()
             .parse()
             .map_err(|e: http::uri::InvalidUri| Error::Client(e.to_string()))?;
-        Ok(kube::Config::new(uri))
+        let mut config = kube::Config::new(uri);
+        config.root_cert = self.ca.as_ref().map(|ca| ca.der.clone());
+        Ok(config)
     }
 
     /// A client for this server.
@@ -334,7 +367,7 @@ kind: Config
 clusters:
 - name: prodgy-kube-fake
   cluster:
-    server: {url}
+    server: {url}{ca}
 users:
 - name: prodgy-kube-fake
   user:
@@ -348,8 +381,18 @@ contexts:
 current-context: prodgy-kube-fake
 ",
             url = self.url(),
+            ca = self.kubeconfig_ca(),
             token = server::USER_TOKEN,
         )
+    }
+
+    /// The kubeconfig's `certificate-authority-data` line, when serving TLS.
+    fn kubeconfig_ca(&self) -> String {
+        use base64::Engine;
+        self.ca.as_ref().map_or_else(String::new, |ca| {
+            let data = base64::engine::general_purpose::STANDARD.encode(&ca.pem);
+            format!("\n    certificate-authority-data: {data}")
+        })
     }
 
     /// Writes [`Self::kubeconfig_yaml`] to `path` (for `KUBECONFIG`).

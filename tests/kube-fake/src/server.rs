@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 
 use crate::error::{ApiError, json_response};
 use crate::selector::{FieldSelector, LabelSelector, Selectors};
@@ -117,8 +118,9 @@ pub(crate) struct Denial {
 }
 
 /// Accepts connections until the task is aborted; a `disconnect` bump
-/// drops every open connection at once.
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+/// drops every open connection at once. With `tls`, every connection is a
+/// TLS handshake first (one that fails just closes that connection).
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, tls: Option<TlsAcceptor>) {
     let app = Router::new()
         .fallback(handle)
         .with_state(Arc::clone(&shared));
@@ -136,11 +138,18 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 }
                 let _ = stream.set_nodelay(true);
                 let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+                let tls = tls.clone();
                 conns.spawn(async move {
-                    let io = hyper_util::rt::TokioIo::new(stream);
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, svc)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        None => {
+                            let _ = http.serve_connection(hyper_util::rt::TokioIo::new(stream), svc).await;
+                        }
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else { return };
+                            let _ = http.serve_connection(hyper_util::rt::TokioIo::new(stream), svc).await;
+                        }
+                    }
                 });
             }
             changed = disconnect.changed() => {
