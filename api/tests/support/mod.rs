@@ -10,6 +10,8 @@ use prodgy_api::{Config, Server};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::Value;
 
+pub mod s3;
+
 /// Which database a test runs on.
 #[derive(Clone, Debug)]
 pub enum Backend {
@@ -49,15 +51,99 @@ macro_rules! on_every_backend {
     };
 }
 
+/// Where file bytes go.
+#[derive(Clone, Copy, Debug)]
+pub enum Store {
+    /// `<data-dir>/blobs`.
+    Disk,
+    /// A bucket on a real S3 server ([`s3::Moto`]).
+    S3,
+}
+
+/// Runs a storage case on local disk (SQLite, and PostgreSQL when
+/// configured) and on a real S3 server (SQLite).
+#[macro_export]
+macro_rules! on_every_store {
+    ($($case:ident),* $(,)?) => {
+        $(
+            mod $case {
+                use $crate::support::{Backend, Store};
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn disk_sqlite() {
+                    super::$case(Backend::Sqlite, Store::Disk).await;
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn disk_postgres() {
+                    match Backend::postgres() {
+                        Some(b) => super::$case(b, Store::Disk).await,
+                        None => eprintln!("skipped: set PRODGY_TEST_DATABASE_URL to run on PostgreSQL"),
+                    }
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn s3_sqlite() {
+                    super::$case(Backend::Sqlite, Store::S3).await;
+                }
+            }
+        )*
+    };
+}
+
+/// The key prefix the S3 cases store under, as `--s3-prefix` would.
+pub const S3_PREFIX: &str = "tenant-x";
+
 /// A data directory and database that outlive servers started on them.
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub database_url: String,
     pg: Option<(String, String)>,
     pub key: String,
+    /// The S3 server the bytes go to; local disk when `None`.
+    pub s3: Option<s3::Moto>,
 }
 
 impl Env {
+    /// An environment whose bytes go to `store`.
+    pub async fn on(backend: &Backend, store: Store) -> Env {
+        let mut env = Env::new(backend).await;
+        if let Store::S3 = store {
+            env.s3 = Some(s3::Moto::start().await);
+        }
+        env
+    }
+
+    /// Every stored blob's key relative to the store's root
+    /// (`files/blb_…`), read from the disk or the bucket itself.
+    pub async fn blobs(&self) -> Vec<String> {
+        if let Some(moto) = &self.s3 {
+            let prefix = format!("{S3_PREFIX}/");
+            return moto
+                .keys(&prefix)
+                .await
+                .into_iter()
+                .map(|k| k.strip_prefix(&prefix).unwrap_or(&k).to_owned())
+                .collect();
+        }
+        let root = self.data_dir().join("blobs");
+        let mut out = Vec::new();
+        let mut stack = vec![root.clone()];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries {
+                let e = e.unwrap();
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    let rel = e.path().strip_prefix(&root).unwrap().to_owned();
+                    out.push(rel.display().to_string());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
     pub async fn new(backend: &Backend) -> Env {
         let dir = tempfile::tempdir().unwrap();
         let key = prodgy_api::crypto::random_key_base64().unwrap();
@@ -67,6 +153,7 @@ impl Env {
                 dir,
                 pg: None,
                 key,
+                s3: None,
             },
             Backend::Postgres(admin) => {
                 let name = format!(
@@ -88,6 +175,7 @@ impl Env {
                     dir,
                     pg: Some((admin.clone(), name)),
                     key,
+                    s3: None,
                 }
             }
         }
@@ -107,6 +195,9 @@ impl Env {
         // Test upstreams listen on loopback.
         c.queue.allow_private_networks = true;
         c.queue.lease = Duration::from_secs(2);
+        if let Some(moto) = &self.s3 {
+            c.store = moto.store(S3_PREFIX);
+        }
         c
     }
 
