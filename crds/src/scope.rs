@@ -1,9 +1,8 @@
 //! Scopes and the route table: which scope each API operation needs.
 //!
-//! The proxy enforces this table; the API documents it. A token with no
-//! scopes may call every route (the product guide's behaviour). Longer path
-//! prefixes are listed before shorter ones, so `/api/knowledge-base/storage`
-//! is never mistaken for `/api/knowledge-base`.
+//! The proxy enforces this table ([`ROUTES`], data rather than code); the
+//! API documents it and a test in the API holds the two together. A token
+//! with no scopes may call every route (the product guide's behaviour).
 
 use std::fmt;
 
@@ -151,13 +150,15 @@ pub enum RouteGroup {
     Storage,
     /// `/api/assistant/chat`.
     Assistant,
+    /// The API's own description (`/api/openapi.json`).
+    Meta,
     /// Anything else (the API answers 404).
     Other,
 }
 
 impl RouteGroup {
     /// Every group, in a stable order (for pre-registering metrics).
-    pub const ALL: [RouteGroup; 9] = [
+    pub const ALL: [RouteGroup; 10] = [
         RouteGroup::Agents,
         RouteGroup::Executions,
         RouteGroup::Triggers,
@@ -166,6 +167,7 @@ impl RouteGroup {
         RouteGroup::KnowledgeBase,
         RouteGroup::Storage,
         RouteGroup::Assistant,
+        RouteGroup::Meta,
         RouteGroup::Other,
     ];
 
@@ -180,6 +182,7 @@ impl RouteGroup {
             RouteGroup::KnowledgeBase => "knowledge_base",
             RouteGroup::Storage => "storage",
             RouteGroup::Assistant => "assistant",
+            RouteGroup::Meta => "meta",
             RouteGroup::Other => "other",
         }
     }
@@ -195,86 +198,200 @@ pub struct Route {
     pub scope: Option<Scope>,
 }
 
-/// Classifies a request by method and path. Pure and allocation-free.
-///
-/// Reads are `GET`/`HEAD`; every other method is a write, except the two
-/// POSTs that are reads by nature (knowledge-base search) or have their own
-/// scope (trigger execution, chat).
-pub fn route(method: &str, path: &str) -> Route {
-    let path = path.split(['?', '#']).next().unwrap_or(path);
-    let read = matches!(method, "GET" | "HEAD");
-    let (group, scope) = if let Some(rest) = strip(path, "/api/agent-base/triggers") {
-        if !read && rest.ends_with("/execute") {
-            (RouteGroup::Triggers, Scope::TriggersExecute)
-        } else if read {
-            (RouteGroup::Triggers, Scope::TriggersRead)
-        } else {
-            (RouteGroup::Triggers, Scope::AgentsWrite)
+/// Which methods a rule applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Methods {
+    /// `GET` and `HEAD`.
+    Read,
+    /// Every other method.
+    Write,
+    /// Any method.
+    Any,
+}
+
+impl Methods {
+    const fn admits(self, read: bool) -> bool {
+        match self {
+            Methods::Read => read,
+            Methods::Write => !read,
+            Methods::Any => true,
         }
-    } else if let Some(rest) = strip(path, "/api/agent-base") {
-        if is_executions(rest) {
-            let scope = if read {
-                Scope::AgentsRead
-            } else {
-                Scope::AgentsWrite
-            };
-            (RouteGroup::Executions, scope)
-        } else {
-            (
-                RouteGroup::Agents,
-                if read {
-                    Scope::AgentsRead
-                } else {
-                    Scope::AgentsWrite
-                },
-            )
+    }
+}
+
+/// What must follow a rule's prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rest {
+    /// Nothing, or any `/…`.
+    Any,
+    /// Nothing at all.
+    Exact,
+    /// `/{id}/executions` or deeper.
+    Executions,
+    /// A path ending with this.
+    EndsWith(&'static str),
+}
+
+impl Rest {
+    fn admits(self, rest: &str) -> bool {
+        match self {
+            Rest::Any => true,
+            Rest::Exact => rest.is_empty(),
+            Rest::Executions => {
+                let mut parts = rest.trim_start_matches('/').split('/');
+                matches!((parts.next(), parts.next()), (Some(id), Some("executions")) if !id.is_empty())
+            }
+            Rest::EndsWith(suffix) => rest.ends_with(suffix),
         }
-    } else if strip(path, "/api/webhook").is_some() {
-        (RouteGroup::Webhooks, Scope::WebhooksSend)
-    } else if strip(path, "/api/integrations-base").is_some() {
-        let scope = if read {
-            Scope::IntegrationsRead
-        } else {
-            Scope::IntegrationsWrite
-        };
-        (RouteGroup::Integrations, scope)
-    } else if strip(path, "/api/knowledge-base/storage").is_some() {
-        (
-            RouteGroup::Storage,
-            if read {
-                Scope::StorageRead
-            } else {
-                Scope::StorageWrite
-            },
-        )
-    } else if strip(path, "/api/knowledge-base").is_some() {
+    }
+}
+
+/// One row of the route table: requests whose path is `prefix` or
+/// `prefix/…` (and whose remainder fits `rest`), made with `methods`, belong
+/// to `group` and need `scope`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// The path prefix, matched on segment boundaries.
+    pub prefix: &'static str,
+    /// What may follow it.
+    pub rest: Rest,
+    /// The methods.
+    pub methods: Methods,
+    /// The group, for metrics.
+    pub group: RouteGroup,
+    /// The scope required (`None`: no scope grants it, so only an
+    /// unrestricted token passes the proxy).
+    pub scope: Option<Scope>,
+}
+
+const fn rule(
+    prefix: &'static str,
+    rest: Rest,
+    methods: Methods,
+    group: RouteGroup,
+    scope: Option<Scope>,
+) -> Rule {
+    Rule {
+        prefix,
+        rest,
+        methods,
+        group,
+        scope,
+    }
+}
+
+/// The route table, first match wins: longer prefixes and narrower rows come
+/// before the rows they would otherwise fall into. A test in the API checks
+/// it against the OpenAPI document both ways.
+pub static ROUTES: &[Rule] = {
+    use Methods::{Any, Read, Write};
+    use RouteGroup as G;
+    use Scope as S;
+    const TRIGGERS: &str = "/api/agent-base/triggers";
+    const AGENTS: &str = "/api/agent-base";
+    const STORAGE: &str = "/api/knowledge-base/storage";
+    &[
+        rule(
+            TRIGGERS,
+            Rest::EndsWith("/execute"),
+            Write,
+            G::Triggers,
+            Some(S::TriggersExecute),
+        ),
+        rule(
+            TRIGGERS,
+            Rest::Any,
+            Read,
+            G::Triggers,
+            Some(S::TriggersRead),
+        ),
+        rule(
+            TRIGGERS,
+            Rest::Any,
+            Write,
+            G::Triggers,
+            Some(S::AgentsWrite),
+        ),
+        rule(
+            AGENTS,
+            Rest::Executions,
+            Read,
+            G::Executions,
+            Some(S::AgentsRead),
+        ),
+        rule(AGENTS, Rest::Any, Read, G::Agents, Some(S::AgentsRead)),
+        rule(AGENTS, Rest::Any, Write, G::Agents, Some(S::AgentsWrite)),
+        rule(
+            "/api/webhook",
+            Rest::Any,
+            Any,
+            G::Webhooks,
+            Some(S::WebhooksSend),
+        ),
+        rule(
+            "/api/integrations-base",
+            Rest::Any,
+            Read,
+            G::Integrations,
+            Some(S::IntegrationsRead),
+        ),
+        rule(
+            "/api/integrations-base",
+            Rest::Any,
+            Write,
+            G::Integrations,
+            Some(S::IntegrationsWrite),
+        ),
+        rule(STORAGE, Rest::Any, Read, G::Storage, Some(S::StorageRead)),
+        rule(STORAGE, Rest::Any, Write, G::Storage, Some(S::StorageWrite)),
         // Search may be a POST with a JSON body; the knowledge base itself
         // is only written through storage uploads.
-        (RouteGroup::KnowledgeBase, Scope::KnowledgeBaseRead)
-    } else if strip(path, "/api/assistant/chat").is_some() {
-        (RouteGroup::Assistant, Scope::AssistantChat)
-    } else {
-        return Route {
+        rule(
+            "/api/knowledge-base",
+            Rest::Any,
+            Any,
+            G::KnowledgeBase,
+            Some(S::KnowledgeBaseRead),
+        ),
+        rule(
+            "/api/assistant/chat",
+            Rest::Any,
+            Any,
+            G::Assistant,
+            Some(S::AssistantChat),
+        ),
+        rule("/api/openapi.json", Rest::Exact, Read, G::Meta, None),
+    ]
+};
+
+/// The rule a request falls under, if any. Pure and allocation-free.
+pub fn rule_for(method: &str, path: &str) -> Option<&'static Rule> {
+    let path = path.split(['?', '#']).next().unwrap_or(path);
+    let read = matches!(method, "GET" | "HEAD");
+    ROUTES.iter().find(|r| {
+        r.methods.admits(read) && strip(path, r.prefix).is_some_and(|rest| r.rest.admits(rest))
+    })
+}
+
+/// Classifies a request by method and path: its [`rule_for`], or the
+/// `other` group, which no scope grants (the API answers 404).
+pub fn route(method: &str, path: &str) -> Route {
+    rule_for(method, path).map_or(
+        Route {
             group: RouteGroup::Other,
             scope: None,
-        };
-    };
-    Route {
-        group,
-        scope: Some(scope),
-    }
+        },
+        |r| Route {
+            group: r.group,
+            scope: r.scope,
+        },
+    )
 }
 
 /// Returns the remainder if `path` is `prefix` or `prefix/...`.
 fn strip<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
     let rest = path.strip_prefix(prefix)?;
     (rest.is_empty() || rest.starts_with('/')).then_some(rest)
-}
-
-/// `/{id}/executions` or deeper.
-fn is_executions(rest: &str) -> bool {
-    let mut parts = rest.trim_start_matches('/').split('/');
-    matches!((parts.next(), parts.next()), (Some(id), Some("executions")) if !id.is_empty())
 }
 
 #[cfg(test)]
