@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: help run test test-rust test-chart test-load fmt lint generate check-generated bench e2e fuzz
+.PHONY: help run test test-rust test-chart images test-load fmt lint generate check-generated bench e2e fuzz
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -18,6 +18,9 @@ test-rust: ## Rust unit, component and cross-component tests
 
 test-chart: ## helm lint/template + offline manifest validation + policy assertions
 	./hack/check-chart.sh
+
+images: ## Build the three images with buildah from host release binaries: target/images/*.tar (OCI)
+	./hack/images.sh
 
 test-load: ## The operator's load measurement (ignored by `make test`, about 40 s)
 	$(CARGO) nextest run -p prodgy-operator --test load --run-ignored only --locked
