@@ -7,8 +7,6 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
-use utoipa::ToSchema;
 
 /// Errors of the API crate.
 #[derive(Debug, thiserror::Error)]
@@ -91,24 +89,9 @@ pub enum Error {
 /// Result alias of the API crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The error body every endpoint returns.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
-    /// The error.
-    pub error: ErrorDetail,
-}
-
-/// Code and message of an error.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorDetail {
-    /// Stable snake_case code, e.g. `not_found`.
-    pub code: String,
-    /// Human explanation.
-    pub message: String,
-    /// The input field at fault, when one is.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
-}
+/// The error body every endpoint returns: the contract crate's envelope,
+/// the same shape the proxy's refusals have.
+pub use prodgy_crds::envelope::{ErrorBody, ErrorDetail};
 
 impl Error {
     /// Shorthand for [`Error::Invalid`].
@@ -166,21 +149,16 @@ impl Error {
     /// The body a client sees: internal causes are replaced by a generic
     /// message (the cause goes to the log).
     pub fn body(&self) -> ErrorBody {
-        let internal = self.status().is_server_error();
-        ErrorBody {
-            error: ErrorDetail {
-                code: self.code().to_owned(),
-                message: if internal {
-                    "internal error; see the server log for the request id".to_owned()
-                } else {
-                    self.to_string()
-                },
-                field: match self {
-                    Error::Invalid { field, .. } => Some(field.clone()),
-                    _ => None,
-                },
-            },
-        }
+        let message = if self.status().is_server_error() {
+            "internal error; see the server log for the request id".to_owned()
+        } else {
+            self.to_string()
+        };
+        let field = match self {
+            Error::Invalid { field, .. } => Some(field.clone()),
+            _ => None,
+        };
+        ErrorBody::new(self.code(), message).with_field(field)
     }
 }
 

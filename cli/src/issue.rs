@@ -84,7 +84,7 @@ pub enum Delivery {
 
 /// Checks the delivery Secret's `data` against the expected prefix.
 pub fn check_delivery(data: Option<&BTreeMap<String, ByteString>>, prefix: &str) -> Delivery {
-    let Some(raw) = data.and_then(|d| d.get("token")) else {
+    let Some(raw) = data.and_then(|d| d.get(prodgy_crds::delivery::TOKEN_KEY)) else {
         return Delivery::Unusable("its delivery Secret has no `token` key");
     };
     let Ok(text) = std::str::from_utf8(&raw.0) else {

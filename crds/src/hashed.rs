@@ -42,6 +42,18 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "prodgy-operator";
 /// Default namespace of hashed Secrets.
 pub const DEFAULT_NAMESPACE: &str = "prodgy-tokens";
+/// Hashed Secrets are named this followed by the ApiToken's UID.
+const SECRET_NAME_PREFIX: &str = "apitoken-";
+/// Label selector of hashed Secrets (what the proxy lists and watches).
+pub const SELECTOR: &str = "prodgy.io/hashed-token=v1";
+
+/// Label selector of the operator's delivery Secrets: managed by it, naming
+/// a token UID (that of `uid` when given), and not hashed Secrets.
+pub fn delivery_selector(uid: Option<&str>) -> String {
+    let uid = uid.map(|u| format!("={u}")).unwrap_or_default();
+    format!("{MANAGED_BY_LABEL}={MANAGED_BY},{TOKEN_UID_LABEL}{uid},!{HASHED_LABEL}")
+}
+
 /// Current record format version.
 pub const RECORD_VERSION: u32 = 1;
 
@@ -169,7 +181,13 @@ impl HashedRecord {
 
     /// Name of the hashed Secret for an ApiToken UID.
     pub fn secret_name(uid: &str) -> String {
-        format!("apitoken-{uid}")
+        format!("{SECRET_NAME_PREFIX}{uid}")
+    }
+
+    /// The ApiToken UID a hashed Secret's name carries, if it is one.
+    pub fn uid_of_secret_name(name: &str) -> Option<&str> {
+        name.strip_prefix(SECRET_NAME_PREFIX)
+            .filter(|uid| !uid.is_empty())
     }
 
     /// The scopes as a compact set.
@@ -328,6 +346,26 @@ mod tests {
         assert!(r.validate().is_err());
         assert!(HashedRecord::from_json(b"{").is_err());
         assert!(HashedRecord::from_secret(&Secret::default()).is_err());
+    }
+
+    #[test]
+    fn secret_names_and_selectors_round_trip() {
+        assert_eq!(HashedRecord::secret_name("u-1"), "apitoken-u-1");
+        assert_eq!(
+            HashedRecord::uid_of_secret_name("apitoken-u-1"),
+            Some("u-1")
+        );
+        assert_eq!(HashedRecord::uid_of_secret_name("apitoken-"), None);
+        assert_eq!(HashedRecord::uid_of_secret_name("other-u-1"), None);
+        assert_eq!(SELECTOR, format!("{HASHED_LABEL}={HASHED_LABEL_VALUE}"));
+        assert_eq!(
+            delivery_selector(Some("u1")),
+            "app.kubernetes.io/managed-by=prodgy-operator,prodgy.io/token-uid=u1,!prodgy.io/hashed-token"
+        );
+        assert_eq!(
+            delivery_selector(None),
+            "app.kubernetes.io/managed-by=prodgy-operator,prodgy.io/token-uid,!prodgy.io/hashed-token"
+        );
     }
 
     #[test]

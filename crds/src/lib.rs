@@ -2,11 +2,14 @@
 //!
 //! No runtime lives here: CRD types ([`ApiToken`], [`UsageReport`]), the token
 //! format ([`token`]), the hashed-Secret format ([`hashed`]), scopes and the
-//! route table ([`scope`]) and the identity headers the proxy injects
-//! ([`identity`]). Everything is pure and unit-tested in place.
+//! route table ([`scope`]), the identity headers the proxy injects
+//! ([`identity`]), the delivery Secret's keys ([`delivery`]) and the JSON
+//! error envelope ([`envelope`]). Everything is pure and unit-tested in place.
 
 pub mod apitoken;
+pub mod delivery;
 pub mod duration;
+pub mod envelope;
 pub mod hashed;
 pub mod identity;
 pub mod scope;

@@ -56,7 +56,7 @@ pub struct RunArgs {
     #[arg(
         long,
         env = "PRODGY_HASHED_SECRET_NAMESPACE",
-        default_value = "prodgy-tokens"
+        default_value = prodgy_crds::hashed::DEFAULT_NAMESPACE
     )]
     pub hashed_secret_namespace: String,
     /// `Secret` keeps the plaintext in the delivery Secret; `RevealOnce`

@@ -37,9 +37,7 @@ use kube::{
     },
 };
 use prodgy_crds::{
-    ApiToken, ApiTokenStatus, HashedRecord, Token, UsageReport,
-    apitoken::condition,
-    hashed::{HASHED_LABEL, HASHED_LABEL_VALUE, MANAGED_BY, MANAGED_BY_LABEL, TOKEN_UID_LABEL},
+    ApiToken, ApiTokenStatus, HashedRecord, Token, UsageReport, apitoken::condition, hashed,
     usage::REPORT_LABEL,
 };
 use serde::de::DeserializeOwned;
@@ -208,7 +206,7 @@ pub async fn run(
     synced.push(rx);
     tasks.push(tokio::spawn(reflect(
         Api::<Secret>::namespaced(client.clone(), &hashed_ns),
-        watcher::Config::default().labels(&format!("{HASHED_LABEL}={HASHED_LABEL_VALUE}")),
+        watcher::Config::default().labels(hashed::SELECTOR),
         writer,
         ready,
         router.clone(),
@@ -226,8 +224,7 @@ pub async fn run(
         router.clone(),
         move |r: &UsageReport, change| report_index.refs(r, change),
     )));
-    let delivery_selector =
-        format!("{MANAGED_BY_LABEL}={MANAGED_BY},{TOKEN_UID_LABEL},!{HASHED_LABEL}");
+    let delivery_selector = hashed::delivery_selector(None);
     let mut delivery = Vec::new();
     for scope in &scopes {
         let api = match scope {
@@ -400,8 +397,8 @@ fn refs_of_hashed_secret(secret: &Secret, _: Change) -> Vec<Ref> {
         Err(_) => {
             let labels = secret.labels();
             match (
-                labels.get(prodgy_crds::hashed::TOKEN_NAMESPACE_LABEL),
-                labels.get(prodgy_crds::hashed::TOKEN_NAME_LABEL),
+                labels.get(hashed::TOKEN_NAMESPACE_LABEL),
+                labels.get(hashed::TOKEN_NAME_LABEL),
             ) {
                 (Some(ns), Some(name)) => vec![ObjectRef::new(name).within(ns)],
                 _ => Vec::new(),
@@ -797,10 +794,7 @@ async fn cleanup(
         Err(e) => return Err(e.into()),
     }
     let delivery = ctx.secrets(&id.namespace);
-    let ours = ListParams::default().labels(&format!(
-        "{MANAGED_BY_LABEL}={MANAGED_BY},{TOKEN_UID_LABEL}={},!{HASHED_LABEL}",
-        id.uid
-    ));
+    let ours = ListParams::default().labels(&hashed::delivery_selector(Some(&id.uid)));
     for secret in delivery.list(&ours).await? {
         match delivery
             .delete(&secret.name_any(), &DeleteParams::default())

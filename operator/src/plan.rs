@@ -25,6 +25,7 @@ use k8s_openapi::{
 use prodgy_crds::{
     ApiToken, ApiTokenStatus, DeliveryMode, HashedRecord, Phase, Token, UsageReport,
     apitoken::condition,
+    delivery,
     hashed::{MANAGED_BY, MANAGED_BY_LABEL, TOKEN_NAME_LABEL, TOKEN_UID_LABEL, label_value},
 };
 
@@ -32,14 +33,6 @@ use crate::{Error, Result, usage};
 
 mod stages;
 
-/// Data key of the plaintext in the delivery Secret.
-pub const DELIVERY_TOKEN_KEY: &str = "token";
-/// Data key of the display prefix in the delivery Secret.
-pub const DELIVERY_PREFIX_KEY: &str = "prefix";
-/// Annotation: the `spec.regeneration` the delivered token belongs to.
-pub const REGENERATION_ANNOTATION: &str = "prodgy.io/regeneration";
-/// Annotation: when the delivered token was issued (RFC 3339).
-pub const ISSUED_AT_ANNOTATION: &str = "prodgy.io/issued-at";
 /// The finalizer that removes the hashed Secret (another namespace, so an
 /// owner reference cannot).
 pub const FINALIZER: &str = "prodgy.io/cleanup";
@@ -218,12 +211,13 @@ impl DeliveryObs {
         let token = secret
             .data
             .as_ref()
-            .and_then(|d| d.get(DELIVERY_TOKEN_KEY))
+            .and_then(|d| d.get(delivery::TOKEN_KEY))
             .and_then(|b| std::str::from_utf8(&b.0).ok())
             .and_then(|s| Token::parse(s).ok());
         Self::Ours {
-            regeneration: annotation(REGENERATION_ANNOTATION).and_then(|v| v.parse().ok()),
-            issued_at: annotation(ISSUED_AT_ANNOTATION)
+            regeneration: annotation(delivery::REGENERATION_ANNOTATION)
+                .and_then(|v| v.parse().ok()),
+            issued_at: annotation(delivery::ISSUED_AT_ANNOTATION)
                 .and_then(|v| DateTime::parse_from_rfc3339(v).ok())
                 .map(|d| d.with_timezone(&Utc)),
             token,
@@ -472,9 +466,12 @@ pub fn delivery_secret(
         (TOKEN_UID_LABEL.to_owned(), id.uid.clone()),
     ]);
     let annotations = BTreeMap::from([
-        (REGENERATION_ANNOTATION.to_owned(), regeneration.to_string()),
         (
-            ISSUED_AT_ANNOTATION.to_owned(),
+            delivery::REGENERATION_ANNOTATION.to_owned(),
+            regeneration.to_string(),
+        ),
+        (
+            delivery::ISSUED_AT_ANNOTATION.to_owned(),
             issued_at.to_rfc3339_opts(SecondsFormat::Nanos, true),
         ),
     ]);
@@ -497,11 +494,11 @@ pub fn delivery_secret(
         type_: Some("Opaque".to_owned()),
         data: Some(BTreeMap::from([
             (
-                DELIVERY_TOKEN_KEY.to_owned(),
+                delivery::TOKEN_KEY.to_owned(),
                 ByteString(token.expose().as_bytes().to_vec()),
             ),
             (
-                DELIVERY_PREFIX_KEY.to_owned(),
+                delivery::PREFIX_KEY.to_owned(),
                 ByteString(token.display_prefix().as_bytes().to_vec()),
             ),
         ])),

@@ -198,7 +198,7 @@ impl Scenario {
         let bytes = secret
             .data
             .as_ref()
-            .and_then(|d| d.get("token"))
+            .and_then(|d| d.get(prodgy_crds::delivery::TOKEN_KEY))
             .ok_or_else(|| anyhow!("delivery Secret {name}-token has no `token` key"))?;
         String::from_utf8(bytes.0.clone()).context("delivery Secret token is not UTF-8")
     }

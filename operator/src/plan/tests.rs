@@ -145,7 +145,7 @@ impl World {
 
     fn delivered(&self) -> String {
         let d = self.delivery.as_ref().unwrap().data.as_ref().unwrap();
-        String::from_utf8(d[DELIVERY_TOKEN_KEY].0.clone()).unwrap()
+        String::from_utf8(d[delivery::TOKEN_KEY].0.clone()).unwrap()
     }
 
     fn ready(&self) -> Condition {
