@@ -54,11 +54,15 @@ pub enum Reason {
     AmbiguousFraming,
     /// The path holds dot segments, which could route differently upstream.
     InvalidPath,
+    /// The request head is over `--max-request-head-bytes`.
+    HeadTooLarge,
+    /// The request has more than `--max-request-headers` header fields.
+    TooManyHeaders,
 }
 
 impl Reason {
     /// Every reason, in a stable order (metrics are pre-registered with it).
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 18] = [
         Reason::MissingToken,
         Reason::UnsupportedScheme,
         Reason::DuplicateAuthorization,
@@ -75,6 +79,8 @@ impl Reason {
         Reason::RateLimited,
         Reason::AmbiguousFraming,
         Reason::InvalidPath,
+        Reason::HeadTooLarge,
+        Reason::TooManyHeaders,
     ];
 
     /// Position in [`Reason::ALL`].
@@ -100,6 +106,7 @@ impl Reason {
             | Reason::RevokedToken => 401,
             Reason::WrongProduct | Reason::InsufficientScope => 403,
             Reason::RateLimited => 429,
+            Reason::HeadTooLarge | Reason::TooManyHeaders => 431,
         }
     }
 
@@ -122,6 +129,8 @@ impl Reason {
             Reason::RateLimited => "rate_limited",
             Reason::AmbiguousFraming => "ambiguous_framing",
             Reason::InvalidPath => "invalid_path",
+            Reason::HeadTooLarge => "request_head_too_large",
+            Reason::TooManyHeaders => "too_many_headers",
         }
     }
 
@@ -146,6 +155,8 @@ impl Reason {
             Reason::RateLimited => "the token's rate limit is exceeded; retry later",
             Reason::AmbiguousFraming => "send either Content-Length or Transfer-Encoding, not both",
             Reason::InvalidPath => "the path must not contain dot segments",
+            Reason::HeadTooLarge => "the request line and headers are too large",
+            Reason::TooManyHeaders => "the request has too many header fields",
         }
     }
 
@@ -187,7 +198,9 @@ impl Reason {
             | Reason::InsufficientScope
             | Reason::RateLimited
             | Reason::AmbiguousFraming
-            | Reason::InvalidPath => return None,
+            | Reason::InvalidPath
+            | Reason::HeadTooLarge
+            | Reason::TooManyHeaders => return None,
         })
     }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser, ValueEnum};
 
+use crate::auth::Reason;
 use crate::{Error, Result};
 
 /// Where hashed token records come from.
@@ -95,6 +96,51 @@ pub struct Args {
     /// Idle keep-alive connections kept to the upstream.
     #[arg(long, env = "PRODGY_UPSTREAM_KEEPALIVE_POOL", default_value_t = 1024)]
     pub upstream_keepalive_pool: usize,
+    /// Largest request head (request line, header lines and their line
+    /// ends) in bytes; beyond it, 431. Envoy's default.
+    #[arg(long, env = "PRODGY_PROXY_MAX_REQUEST_HEAD_BYTES", default_value_t = HeadLimits::DEFAULT.bytes)]
+    pub max_request_head_bytes: usize,
+    /// Most header fields in a request (repeats counted); beyond it, 431.
+    /// Envoy's 100 less the identity headers the proxy adds.
+    #[arg(long, env = "PRODGY_PROXY_MAX_REQUEST_HEADERS", default_value_t = HeadLimits::DEFAULT.headers)]
+    pub max_request_headers: usize,
+}
+
+/// Bounds on a request head, answered with 431 beyond.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeadLimits {
+    /// Bytes from the request line's first byte to the blank line's end.
+    pub bytes: usize,
+    /// Header fields, repeats counted.
+    pub headers: usize,
+}
+
+impl HeadLimits {
+    /// Envoy's head size (`max_request_headers_kb` 60). For the count,
+    /// Envoy's `max_headers_count` (100) less 4: the proxy adds four
+    /// identity headers (and drops `Authorization`), and the API's HTTP
+    /// server (hyper) answers more than 100 with an empty 431 of its own.
+    pub const DEFAULT: Self = Self {
+        bytes: 60 * 1024,
+        headers: 96,
+    };
+    /// The largest values pingora's parser can honour: it refuses heads over
+    /// 1 MiB and more than 256 headers itself (also answered with 431).
+    pub const CEILING: Self = Self {
+        bytes: 1_048_575,
+        headers: 256,
+    };
+
+    /// The bound a head of `bytes` with `headers` fields is over, if any.
+    pub fn exceeded(self, bytes: usize, headers: usize) -> Option<Reason> {
+        if bytes > self.bytes {
+            Some(Reason::HeadTooLarge)
+        } else if headers > self.headers {
+            Some(Reason::TooManyHeaders)
+        } else {
+            None
+        }
+    }
 }
 
 /// Validated configuration.
@@ -122,6 +168,8 @@ pub struct Config {
     pub upstream_keepalive_pool: usize,
     /// Work-stealing runtime.
     pub work_stealing: bool,
+    /// Request head bounds.
+    pub head_limits: HeadLimits,
 }
 
 /// The validated token source.
@@ -249,6 +297,20 @@ impl Args {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, usize::from),
         };
+        let head_limits = HeadLimits {
+            bytes: bounded(
+                "max-request-head-bytes",
+                self.max_request_head_bytes,
+                1024,
+                HeadLimits::CEILING.bytes,
+            )?,
+            headers: bounded(
+                "max-request-headers",
+                self.max_request_headers,
+                1,
+                HeadLimits::CEILING.headers,
+            )?,
+        };
         Ok(Config {
             listen: addr("listen", &self.listen)?,
             upstream: addr("upstream", &self.upstream)?,
@@ -265,7 +327,18 @@ impl Args {
             shutdown_timeout: parse_duration("shutdown-timeout", &self.shutdown_timeout)?,
             upstream_keepalive_pool: self.upstream_keepalive_pool,
             work_stealing: self.work_stealing,
+            head_limits,
         })
+    }
+}
+
+fn bounded(flag: &str, value: usize, min: usize, max: usize) -> Result<usize> {
+    if (min..=max).contains(&value) {
+        Ok(value)
+    } else {
+        Err(Error::Config(format!(
+            "--{flag}: {value} is outside {min}..={max}"
+        )))
     }
 }
 
@@ -289,11 +362,27 @@ mod tests {
             matches!(c.source, Source::Kubernetes { ref namespace, .. } if namespace == "prodgy-tokens")
         );
         assert!(c.usage.is_none() && c.products.is_empty() && c.threads >= 1);
+        assert_eq!(
+            c.head_limits,
+            HeadLimits {
+                bytes: 61_440,
+                headers: 96
+            }
+        );
     }
 
     #[test]
     fn bad_values_name_their_flag() {
-        let cases: [(&[&str], &str); 7] = [
+        let cases: [(&[&str], &str); 10] = [
+            (
+                &["--max-request-head-bytes", "100"],
+                "--max-request-head-bytes",
+            ),
+            (
+                &["--max-request-head-bytes", "2000000"],
+                "--max-request-head-bytes",
+            ),
+            (&["--max-request-headers", "257"], "--max-request-headers"),
             (&["--source", "file"], "--tokens-path"),
             (
                 &["--source", "file", "--tokens-path", "/x", "--usage-reports"],
@@ -315,6 +404,18 @@ mod tests {
             let e = args(a).validate().unwrap_err().to_string();
             assert!(e.contains(flag), "{a:?}: {e}");
         }
+    }
+
+    #[test]
+    fn head_limits_refuse_one_past_each_bound() {
+        let l = HeadLimits {
+            bytes: 2048,
+            headers: 10,
+        };
+        assert_eq!(l.exceeded(2048, 10), None);
+        assert_eq!(l.exceeded(2049, 10), Some(Reason::HeadTooLarge));
+        assert_eq!(l.exceeded(2048, 11), Some(Reason::TooManyHeaders));
+        assert_eq!(l.exceeded(4096, 20), Some(Reason::HeadTooLarge));
     }
 
     #[test]

@@ -3,8 +3,20 @@
 //!
 //! Per request: read the head, decide ([`AuthProxy::decide`]), then either
 //! answer the refusal or forward — the upstream head rebuilt without the
-//! credential and with the verified identity, the body streamed up, the
-//! response streamed back — and count once at the end.
+//! credential and with the verified identity, the body streamed up while the
+//! response head is awaited, the response streamed back — and count once at
+//! the end.
+//!
+//! The API may answer before it has read the body (a 413 by
+//! `Content-Length`, a 401 of its own). That answer is relayed as soon as
+//! its head arrives: the rest of the body is not sent, the upstream
+//! connection is dropped (it is out of step), and the client connection is
+//! closed after the answer, discarding what the client still sends of the
+//! body for at most [`LINGER`] / [`LINGER_BYTES`] so that the close does not
+//! turn into a reset that destroys the answer before the client reads it.
+//! `Expect: 100-continue` goes to the API, whose own `100` (or final
+//! answer) is relayed: the API, not the proxy, knows whether it wants the
+//! body.
 //!
 //! Each client connection keeps the upstream connection it last used, so a
 //! keep-alive client costs no pool lookup per request; when the client
@@ -41,6 +53,7 @@ use tokio::io::AsyncReadExt;
 use crate::auth::{self, Reason};
 use crate::cells::TokenCell;
 use crate::clock;
+use crate::config::HeadLimits;
 use crate::index::Record;
 use crate::metrics::{InFlight, Outcome, UpstreamError};
 use crate::state::State;
@@ -74,12 +87,14 @@ pub struct AuthProxy {
     state: Arc<State>,
     peer: HttpPeer,
     connector: TransportConnector,
+    limits: HeadLimits,
 }
 
 impl std::fmt::Debug for AuthProxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuthProxy")
             .field("peer", &self.peer)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
@@ -89,16 +104,27 @@ const KEEPALIVE_SECS: u64 = 60;
 /// How long an upstream connection may sit idle in the pool.
 const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
 
+/// How long a closing client connection is read (and discarded) after an
+/// answer sent before its request body was read: long enough for a client
+/// that reads only after sending to see the answer, as nginx's
+/// `lingering_timeout` (5 s).
+pub const LINGER: Duration = Duration::from_secs(5);
+/// How much of an unread request body is discarded before closing anyway.
+pub const LINGER_BYTES: usize = 1 << 20;
+/// The largest `Content-Length` body of a refused request that is read and
+/// discarded to keep the connection, and the requests pipelined behind it;
+/// a larger, chunked or `Expect` body closes the connection instead.
+pub const REFUSED_BODY_DRAIN: usize = 64 * 1024;
+
 /// Request headers that describe the client's connection, not the request:
-/// never forwarded. `Expect` is answered by the proxy itself.
-static HOP_BY_HOP: [HeaderName; 7] = [
+/// never forwarded.
+static HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::TE,
     header::UPGRADE,
     HeaderName::from_static("http2-settings"),
-    header::EXPECT,
 ];
 
 /// The identity headers, in the order they are sent.
@@ -155,7 +181,12 @@ fn raw_has_content_length(raw: &[u8]) -> bool {
 
 impl AuthProxy {
     /// A proxy for `state`, forwarding to `upstream`.
-    pub fn new(state: Arc<State>, upstream: SocketAddr, keepalive_pool: usize) -> Self {
+    pub fn new(
+        state: Arc<State>,
+        upstream: SocketAddr,
+        keepalive_pool: usize,
+        limits: HeadLimits,
+    ) -> Self {
         let mut peer = HttpPeer::new(upstream, false, String::new());
         peer.options.connection_timeout = Some(Duration::from_secs(2));
         peer.options.idle_timeout = Some(UPSTREAM_IDLE);
@@ -164,6 +195,7 @@ impl AuthProxy {
             state,
             peer,
             connector,
+            limits,
         }
     }
 
@@ -228,34 +260,6 @@ impl AuthProxy {
         Ok((record, cell))
     }
 
-    async fn respond(&self, session: &mut ServerSession, refused: &Refused) -> pingora::Result<()> {
-        let r = refused.reason;
-        let body = BODIES.get(r.index()).cloned().unwrap_or_default();
-        let mut resp = json_head(r.status(), body.len())?;
-        resp.insert_header(header::CACHE_CONTROL, "no-store")?;
-        if let Some(scope) = refused.scope {
-            resp.insert_header(header::WWW_AUTHENTICATE, auth::scope_challenge(scope))?;
-        } else if let Some(c) = r.challenge() {
-            resp.insert_header(header::WWW_AUTHENTICATE, c)?;
-        }
-        if let Some(secs) = refused.retry_after {
-            resp.insert_header(header::RETRY_AFTER, secs)?;
-        }
-        // Do not read an unauthenticated body just to keep the connection.
-        let req = session.req_header();
-        if req.headers.contains_key(header::TRANSFER_ENCODING)
-            || req
-                .headers
-                .get(header::CONTENT_LENGTH)
-                .is_some_and(|v| v.as_bytes() != b"0")
-            || r == Reason::AmbiguousFraming
-        {
-            session.set_keepalive(None);
-        }
-        session.write_response_header(Box::new(resp)).await?;
-        session.write_response_body(body, true).await
-    }
-
     /// The upstream request head: the client's, as HTTP/1.1, without the
     /// credential, client-sent identity headers or hop-by-hop headers, with
     /// the verified identity.
@@ -280,6 +284,10 @@ impl AuthProxy {
             .collect();
         for name in &dropped {
             headers.remove(name);
+        }
+        // An HTTP/1.0 client cannot take a 100 (RFC 9110 §10.1.1).
+        if req.version != Version::HTTP_11 {
+            headers.remove(header::EXPECT);
         }
         headers.try_reserve(IDENTITY.len()).map_err(too_many)?;
         let values = [
@@ -370,26 +378,11 @@ impl AuthProxy {
         cell: &TokenCell,
     ) -> Result<u16, Failure> {
         let bodyless = down.is_body_done();
-        if !bodyless && is_expect_continue(down.req_header()) {
-            down.write_continue_response()
-                .await
-                .map_err(Failure::Downstream)?;
-        }
         let mut up = self
             .open(down, kept, record, cell, bodyless)
             .await
             .map_err(Failure::Upstream)?;
-        if !bodyless {
-            while let Some(chunk) = down
-                .read_request_body()
-                .await
-                .map_err(Failure::Downstream)?
-            {
-                up.write_body(&chunk).await.map_err(Failure::Upstream)?;
-            }
-            up.finish_body().await.map_err(Failure::Upstream)?;
-            read_final_head(&mut up).await.map_err(Failure::Upstream)?;
-        }
+        let early = !bodyless && send_body(down, &mut up).await?;
         let resp = up
             .resp_header()
             .cloned()
@@ -409,8 +402,12 @@ impl AuthProxy {
             }
         }
         down.finish_body().await.map_err(Failure::Downstream)?;
-        up.respect_keepalive();
-        *kept = up.reuse().await;
+        // After an early answer the upstream connection holds an unsent
+        // body: never reused.
+        if !early {
+            up.respect_keepalive();
+            *kept = up.reuse().await;
+        }
         Ok(status)
     }
 
@@ -442,7 +439,10 @@ impl AuthProxy {
                 }
             }
         };
-        if let Some(sent) = down.response_written() {
+        if let Some(sent) = down
+            .response_written()
+            .filter(|r| !r.status.is_informational())
+        {
             // Mid-response: the client sees the connection end.
             return sent.status.as_u16();
         }
@@ -465,9 +465,14 @@ impl AuthProxy {
         status
     }
 
-    /// Handles one request whose head has been read; returns whether the
-    /// client connection may carry another.
-    async fn handle(&self, down: &mut ServerSession, kept: &mut Option<Stream>) -> bool {
+    /// Handles one request whose head (`head_len` bytes) has been read;
+    /// returns whether the client connection may carry another.
+    async fn handle(
+        &self,
+        down: &mut ServerSession,
+        kept: &mut Option<Stream>,
+        head_len: usize,
+    ) -> bool {
         let _in_flight = InFlight::start();
         let start = Instant::now();
         let now = clock::unix_nanos();
@@ -477,7 +482,9 @@ impl AuthProxy {
             && down
                 .as_http1()
                 .is_some_and(|h1| raw_has_content_length(&h1.get_headers_raw_bytes()));
-        let decision = if ambiguous {
+        let decision = if let Some(r) = self.limits.exceeded(head_len, req.headers.len()) {
+            Err(r.into())
+        } else if ambiguous {
             Err(Reason::AmbiguousFraming.into())
         } else {
             self.decide(req, route, now, clock::mono_nanos_at(start))
@@ -492,7 +499,7 @@ impl AuthProxy {
             }
             Err(refused) => {
                 let status = refused.reason.status();
-                let sent = self.respond(down, &refused).await;
+                let sent = respond(down, &refused).await;
                 if let Err(e) = &sent {
                     tracing::debug!(error = e.etype().as_str(), "could not send the refusal");
                 }
@@ -518,6 +525,72 @@ impl AuthProxy {
     }
 }
 
+/// Answers a refusal. A small declared body is read first, so the
+/// connection and what is pipelined behind it go on; any other body
+/// closes the connection after the answer.
+async fn respond(session: &mut ServerSession, refused: &Refused) -> pingora::Result<()> {
+    let keep = match after_refusal(session.req_header(), refused.reason) {
+        AfterRefusal::Keep => true,
+        AfterRefusal::Drain => matches!(
+            tokio::time::timeout(LINGER, session.drain_request_body()).await,
+            Ok(Ok(()))
+        ),
+        AfterRefusal::Close => false,
+    };
+    if !keep {
+        session.set_keepalive(None);
+    }
+    send_refusal(session, refused).await
+}
+
+/// What happens to the client connection after a refusal, by the body
+/// the refused request declares.
+#[derive(Debug, PartialEq, Eq)]
+enum AfterRefusal {
+    /// No body: the connection goes on.
+    Keep,
+    /// A small `Content-Length` body: read and discarded first.
+    Drain,
+    /// Chunked, large, `Expect`ed or ambiguous: closed after the answer.
+    Close,
+}
+
+fn after_refusal(req: &RequestHeader, reason: Reason) -> AfterRefusal {
+    if reason == Reason::AmbiguousFraming || req.headers.contains_key(header::TRANSFER_ENCODING) {
+        return AfterRefusal::Close;
+    }
+    let Some(len) = req.headers.get(header::CONTENT_LENGTH) else {
+        return AfterRefusal::Keep;
+    };
+    match std::str::from_utf8(len.as_bytes())
+        .ok()
+        .and_then(|l| l.parse::<usize>().ok())
+    {
+        Some(0) => AfterRefusal::Keep,
+        // A client waiting for a 100 may never send the body.
+        Some(n) if n <= REFUSED_BODY_DRAIN && !is_expect_continue(req) => AfterRefusal::Drain,
+        _ => AfterRefusal::Close,
+    }
+}
+
+/// Writes a refusal: its status, JSON body and headers.
+async fn send_refusal(session: &mut ServerSession, refused: &Refused) -> pingora::Result<()> {
+    let r = refused.reason;
+    let body = BODIES.get(r.index()).cloned().unwrap_or_default();
+    let mut resp = json_head(r.status(), body.len())?;
+    resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+    if let Some(scope) = refused.scope {
+        resp.insert_header(header::WWW_AUTHENTICATE, auth::scope_challenge(scope))?;
+    } else if let Some(c) = r.challenge() {
+        resp.insert_header(header::WWW_AUTHENTICATE, c)?;
+    }
+    if let Some(secs) = refused.retry_after {
+        resp.insert_header(header::RETRY_AFTER, secs)?;
+    }
+    session.write_response_header(Box::new(resp)).await?;
+    session.write_response_body(body, true).await
+}
+
 /// The head of a JSON response the proxy writes itself.
 fn json_head(status: u16, len: usize) -> pingora::Result<ResponseHeader> {
     let mut resp = ResponseHeader::build(status, Some(6))?;
@@ -530,11 +603,102 @@ fn json_head(status: u16, len: usize) -> pingora::Result<ResponseHeader> {
 async fn read_final_head(up: &mut Http1Session) -> pingora::Result<()> {
     loop {
         up.read_response().await?;
-        match up.resp_header().map(|r| r.status) {
-            Some(s) if s.is_informational() && s != StatusCode::SWITCHING_PROTOCOLS => {}
-            _ => return Ok(()),
+        if !is_interim(up) {
+            return Ok(());
         }
     }
+}
+
+/// Streams the request body up while waiting for the response head, and
+/// relays the API's `100 Continue` to a client that asked for it. Returns
+/// with the final response head read; `true` when it came before the whole
+/// body was sent (an early answer: the upstream connection is out of step).
+async fn send_body(down: &mut ServerSession, up: &mut Http1Session) -> Result<bool, Failure> {
+    let expect = is_expect_continue(down.req_header());
+    loop {
+        tokio::select! {
+            // The answer first: once it is there, the rest of the body is
+            // not wanted.
+            biased;
+            head = up.read_response() => {
+                head.map_err(Failure::Upstream)?;
+                if !is_interim(up) {
+                    return Ok(true);
+                }
+                if expect && up.resp_header().is_some_and(|r| r.status == StatusCode::CONTINUE) {
+                    continue_client(down).await?;
+                }
+            }
+            chunk = down.read_request_body() => {
+                let sent = match chunk.map_err(Failure::Downstream)? {
+                    Some(chunk) => up.write_body(&chunk).await.map(|_| false),
+                    None => up.finish_body().await.map(|_| true),
+                };
+                match sent {
+                    Ok(true) => break,
+                    Ok(false) => {}
+                    // The API may have answered and closed: its answer
+                    // wins over the failed write.
+                    Err(e) => return answer_after_write_error(up, e).await,
+                }
+            }
+        }
+    }
+    read_final_head(up).await.map_err(Failure::Upstream)?;
+    Ok(false)
+}
+
+/// Writes `100 Continue` to the client, keeping the connection's keep-alive
+/// state: pingora turns keep-alive off for any response written before the
+/// body was read, which is right for a final answer but not for a 100.
+async fn continue_client(down: &mut ServerSession) -> Result<(), Failure> {
+    let keepalive = down.get_keepalive();
+    down.write_continue_response()
+        .await
+        .map_err(Failure::Downstream)?;
+    down.set_keepalive(keepalive);
+    Ok(())
+}
+
+/// After a failed body write: the final head the API sent before closing,
+/// if it is there within [`LINGER`], else the write's error.
+async fn answer_after_write_error(
+    up: &mut Http1Session,
+    write_error: Box<PError>,
+) -> Result<bool, Failure> {
+    match tokio::time::timeout(LINGER, read_final_head(up)).await {
+        Ok(Ok(())) => Ok(true),
+        _ => Err(Failure::Upstream(write_error)),
+    }
+}
+
+/// Whether the response head just read is an interim one (`1xx` but 101).
+fn is_interim(up: &Http1Session) -> bool {
+    up.resp_header()
+        .is_some_and(|r| r.status.is_informational() && r.status != StatusCode::SWITCHING_PROTOCOLS)
+}
+
+/// Closes a client connection after its last answer. When the request body
+/// was not read (an early answer, a refusal), the write side is shut first
+/// so the client sees the end of the answer, then what it still sends of
+/// the body is discarded for at most [`LINGER`] and [`LINGER_BYTES`]:
+/// closing with unread bytes would send a reset, which can destroy the
+/// answer in the client's receive buffer before it is read.
+async fn close(down: &mut ServerSession) {
+    down.shutdown().await;
+    if down.is_body_done() {
+        return;
+    }
+    let discard = async {
+        let mut seen = 0;
+        while let Ok(Some(chunk)) = down.read_request_body().await {
+            seen += chunk.len();
+            if seen > LINGER_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, discard).await;
 }
 
 /// Whether an idle upstream connection can still be used: nothing to read
@@ -544,6 +708,53 @@ fn still_open(stream: &mut Stream) -> bool {
     tokio::task::unconstrained(stream.read(&mut byte))
         .now_or_never()
         .is_none()
+}
+
+/// Reads the next request head; its length in bytes, or `None` when the
+/// client closed the connection between requests.
+async fn read_head(down: &mut ServerSession) -> pingora::Result<Option<usize>> {
+    match down {
+        ServerSession::H1(h1) => h1.read_request().await,
+        _ => Ok(None),
+    }
+}
+
+/// Answers a head that could not be parsed and closes: 431 when pingora's
+/// own ceiling on size or header count refused it, else 400.
+async fn unreadable(down: &mut ServerSession, e: &PError) {
+    if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
+        tracing::debug!(error = e.etype().as_str(), "unreadable request head");
+        let sent = match over_ceiling(e) {
+            Some(reason) => {
+                down.set_keepalive(None);
+                send_refusal(down, &reason.into()).await
+            }
+            None => down.respond_error(400).await,
+        };
+        if let Err(e) = sent {
+            tracing::debug!(error = e.etype().as_str(), "could not send the refusal");
+        }
+    }
+    down.shutdown().await;
+}
+
+/// Which bound a parse error is pingora's refusal of, if any: its head
+/// size limit (the context names it) or httparse's header count.
+fn over_ceiling(e: &PError) -> Option<Reason> {
+    if e.context
+        .as_ref()
+        .is_some_and(|c| c.as_str().starts_with("Request header larger than"))
+    {
+        Some(Reason::HeadTooLarge)
+    } else if e
+        .cause
+        .as_ref()
+        .is_some_and(|c| c.to_string() == "too many headers")
+    {
+        Some(Reason::TooManyHeaders)
+    } else {
+        None
+    }
 }
 
 fn is_expect_continue(req: &RequestHeader) -> bool {
@@ -561,6 +772,7 @@ impl ServerApp for AuthProxy {
     ) -> Option<Stream> {
         let mut shutdown = shutdown.clone();
         let mut down = ServerSession::new_http1(stream);
+        down.set_pipelining_enabled(true);
         // The upstream connection this client connection last used.
         let mut kept: Option<Stream> = None;
         loop {
@@ -568,32 +780,31 @@ impl ServerApp for AuthProxy {
             down.set_keepalive((!stopping).then_some(KEEPALIVE_SECS));
             let read = tokio::select! {
                 biased;
-                r = down.read_request() => r,
+                r = read_head(&mut down) => r,
                 // Idle keep-alive connections close when shutdown starts.
                 _ = shutdown.changed(), if !stopping => break,
             };
-            match read {
-                Ok(true) => {}
-                Ok(false) => break,
+            let head_len = match read {
+                Ok(Some(len)) => len,
+                Ok(None) => break,
                 Err(e) => {
-                    if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
-                        tracing::debug!(error = e.etype().as_str(), "unreadable request head");
-                        if let Err(e) = down.respond_error(400).await {
-                            tracing::debug!(error = e.etype().as_str(), "could not send the 400");
-                        }
-                    }
-                    down.shutdown().await;
+                    unreadable(&mut down, &e).await;
                     break;
                 }
-            }
-            if !self.handle(&mut down, &mut kept).await {
-                down.shutdown().await;
+            };
+            if !self.handle(&mut down, &mut kept, head_len).await || down.get_keepalive().is_none()
+            {
+                close(&mut down).await;
                 break;
             }
             match down.finish().await {
                 Ok(Some(reusable)) => {
                     let (stream, prefix) = reusable.into_parts();
                     down = ServerSession::new_http1(stream);
+                    // Bytes read past this request are the next ones
+                    // (RFC 9112 §9.3): without this pingora drops them and
+                    // the connection.
+                    down.set_pipelining_enabled(true);
                     if let Some(prefix) = prefix {
                         down.set_pipelined_prefix(prefix);
                     }
@@ -624,6 +835,42 @@ mod tests {
         assert!(!raw_has_content_length(
             b"POST /content-length: HTTP/1.1\r\n\r\n"
         ));
+    }
+
+    #[test]
+    fn only_small_declared_bodies_are_read_after_a_refusal() {
+        let req = |headers: &[(&str, &str)]| {
+            let mut r = RequestHeader::build("POST", b"/api/agent-base", None).unwrap();
+            for (n, v) in headers {
+                r.insert_header(n.to_string(), *v).unwrap();
+            }
+            r
+        };
+        let small = REFUSED_BODY_DRAIN.to_string();
+        let large = (REFUSED_BODY_DRAIN + 1).to_string();
+        let cases: [(&[(&str, &str)], AfterRefusal); 7] = [
+            (&[], AfterRefusal::Keep),
+            (&[("content-length", "0")], AfterRefusal::Keep),
+            (&[("content-length", &small)], AfterRefusal::Drain),
+            (&[("content-length", &large)], AfterRefusal::Close),
+            (
+                &[("content-length", "5"), ("expect", "100-continue")],
+                AfterRefusal::Close,
+            ),
+            (&[("transfer-encoding", "chunked")], AfterRefusal::Close),
+            (&[("content-length", "x")], AfterRefusal::Close),
+        ];
+        for (headers, want) in cases {
+            assert_eq!(
+                after_refusal(&req(headers), Reason::MissingToken),
+                want,
+                "{headers:?}"
+            );
+        }
+        assert_eq!(
+            after_refusal(&req(&[]), Reason::AmbiguousFraming),
+            AfterRefusal::Close
+        );
     }
 
     #[test]

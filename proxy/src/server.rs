@@ -221,6 +221,7 @@ pub fn run(config: Config) -> Result<()> {
             source: config.source,
             usage,
             shutdown_timeout: config.shutdown_timeout,
+            config.head_limits,
         },
     );
 

@@ -536,12 +536,42 @@ fn corpus(
             Some(400),
         ),
         (
-            "too many headers",
+            "too many headers for the parser",
             with(&format!(
                 "GET /api/agent-base HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {valid}{}",
                 "\r\nX-A: b".repeat(300)
             )),
+            Some(431),
+        ),
+        (
+            "97 headers",
+            with(&format!(
+                "GET /api/agent-base HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {valid}{}",
+                "\r\nX-A: b".repeat(94)
+            )),
+            Some(431),
+        ),
+        (
+            "one 64 KiB header",
+            with(&format!(
+                "GET /api/agent-base HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {valid}\r\nX-Pad: {}",
+                "p".repeat(64 * 1024)
+            )),
+            Some(431),
+        ),
+        (
+            "http/0.9",
+            b"GET /api/agent-base\r\n\r\n".to_vec(),
             Some(400),
+        ),
+        (
+            "pipelined refusals",
+            [
+                with("GET /api/agent-base HTTP/1.1\r\nHost: x"),
+                get(&format!("Bearer {unknown}")),
+            ]
+            .concat(),
+            Some(401),
         ),
         (
             "trailing parameter",
@@ -773,9 +803,66 @@ fn corpus(
     v.push((
         "header block over 1 MiB",
         format!("GET /api/agent-base HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\nAuthorization: Bearer {valid}\r\n\r\n", "p".repeat(1_100_000)).into_bytes(),
-        None,
+        Some(431),
     ));
     v
+}
+
+/// A GET with a valid token whose head is exactly `bytes` long and has
+/// `headers` header fields (Host, Authorization, Connection and padding).
+fn head_of(bearer: &str, bytes: usize, headers: usize) -> Vec<u8> {
+    let mut head =
+        format!("GET /api/agent-base HTTP/1.1\r\nHost: x\r\nAuthorization: {bearer}\r\n");
+    for i in 0..headers - 4 {
+        head.push_str(&format!("X-{i}: v\r\n"));
+    }
+    let end = "Connection: close\r\n\r\n";
+    let pad = bytes - head.len() - end.len() - "X-Pad: \r\n".len();
+    head.push_str(&format!("X-Pad: {}\r\n{end}", "p".repeat(pad)));
+    assert_eq!(head.len(), bytes);
+    head.into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_heads_are_bounded_exactly_at_their_limits() {
+    let t = issue("ns", "bounds", "acme");
+    for (bytes, headers, flags) in [
+        (61_440, 96, vec![]),
+        (
+            4096,
+            20,
+            vec!["--max-request-head-bytes=4096", "--max-request-headers=20"],
+        ),
+    ] {
+        let f = fixture(&[&t.record], &flags).await;
+        let addr = f.proxy.addr;
+        let cases = [
+            (bytes, headers, 200, None),
+            (bytes + 1, headers, 431, Some("request_head_too_large")),
+            (bytes, headers + 1, 431, Some("too_many_headers")),
+        ];
+        for (b, h, want, code) in cases {
+            let head = head_of(&t.bearer(), b, h);
+            let resp = tokio::task::spawn_blocking(move || raw(addr, &head))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(resp.status, Some(want), "{b} bytes, {h} headers: {resp:?}");
+            if let Some(code) = code {
+                let body: serde_json::Value = serde_json::from_str(&resp.body).unwrap();
+                assert_eq!(body["error"]["code"], code);
+                assert_eq!(
+                    resp.header("content-type").as_deref(),
+                    Some("application/json")
+                );
+            }
+        }
+        assert_eq!(
+            f.up.count(),
+            1,
+            "only the head within the limits was forwarded"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -810,7 +897,7 @@ async fn malformed_requests_over_raw_tcp_are_never_forwarded() {
             wrong.push(format!("{name}: want {w}, got {resp:?}"));
         }
         // Refusals from the proxy's own checks carry the JSON error body.
-        if let (Some(r), Some(401 | 403)) = (&resp, status) {
+        if let (Some(r), Some(401 | 403 | 431)) = (&resp, status) {
             let body: serde_json::Value =
                 serde_json::from_str(&r.body).unwrap_or_else(|_| panic!("{name}: {r:?}"));
             assert!(body["error"]["code"].is_string(), "{name}");

@@ -1,13 +1,13 @@
 //! How the proxy forwards: one upstream connection per client connection, a
 //! stale upstream connection retried or avoided, `Expect: 100-continue`
-//! answered by the proxy, hop-by-hop headers kept on their hop. The upstream
+//! forwarded and the upstream's 100 relayed, hop-by-hop headers kept on their
+//! hop, early answers relayed while the body is still coming. The upstream
 //! here is a raw TCP server, so the test sees connections, not just requests.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,22 +15,11 @@ use std::time::Duration;
 use support::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
-/// The `Content-Length` among head lines (0 without one).
-fn content_length(head: &[String]) -> usize {
-    head.iter()
-        .find_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().unwrap())
-        })
-        .unwrap_or(0)
-}
-
 /// A request as the raw upstream saw it: head lines and body.
 type Seen = (Vec<String>, Vec<u8>);
 
 /// An upstream speaking just enough HTTP/1.1: it records each request (head
-/// lines and body), answers `200 ok`, and either keeps the connection or
+/// lines and body), answers `Expect: 100-continue` with a 100, answers `200 ok`, and either keeps the connection or
 /// closes it after one response without saying so (as a server whose idle
 /// timeout fires does).
 struct RawUpstream {
@@ -73,6 +62,15 @@ impl RawUpstream {
                             }
                             lines.push(line);
                         }
+                        if lines
+                            .iter()
+                            .any(|l| l.eq_ignore_ascii_case("expect: 100-continue"))
+                        {
+                            let out = sock.get_mut();
+                            out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                                .await
+                                .unwrap();
+                        }
                         let mut body = vec![0; content_length(&lines)];
                         sock.read_exact(&mut body).await.unwrap();
                         r.lock().unwrap().push((lines, body));
@@ -104,85 +102,15 @@ impl RawUpstream {
     }
 }
 
-/// One client keep-alive connection, requests sent one after the other.
-struct Client {
-    reader: BufReader<TcpStream>,
-}
-
-impl Client {
-    fn connect(addr: SocketAddr) -> Self {
-        let s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        Self {
-            reader: BufReader::new(s),
-        }
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.reader.get_mut().write_all(bytes).unwrap();
-    }
-
-    /// Reads one response: status, head lines, body (by Content-Length).
-    fn response(&mut self) -> (u16, Vec<String>, String) {
-        let mut lines = Vec::new();
-        loop {
-            let mut line = String::new();
-            assert!(self.reader.read_line(&mut line).unwrap() > 0, "closed");
-            let line = line.trim_end().to_owned();
-            if line.is_empty() {
-                break;
-            }
-            lines.push(line);
-        }
-        let status = lines[0].split(' ').nth(1).unwrap().parse().unwrap();
-        let mut body = vec![0; content_length(&lines)];
-        self.reader.read_exact(&mut body).unwrap();
-        (status, lines, String::from_utf8(body).unwrap())
-    }
-
-    fn get(&mut self, bearer: &str) -> u16 {
-        self.send(
-            format!("GET /api/agent-base HTTP/1.1\r\nHost: x\r\nAuthorization: {bearer}\r\n\r\n")
-                .as_bytes(),
-        );
-        self.response().0
-    }
-
-    fn post(&mut self, bearer: &str, body: &str) -> u16 {
-        self.send(
-            format!(
-                "POST /api/agent-base HTTP/1.1\r\nHost: x\r\nAuthorization: {bearer}\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            )
-            .as_bytes(),
-        );
-        self.response().0
-    }
-}
-
-async fn proxy_for(
-    up: &RawUpstream,
-    records: &[&prodgy_crds::HashedRecord],
-) -> (Proxy, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tokens.json");
-    write_records(&path, records);
-    let b = ProxyBuilder::file(up.addr, &path);
-    let proxy = tokio::task::spawn_blocking(move || b.start())
-        .await
-        .unwrap();
-    (proxy, dir)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_connection_keeps_its_upstream_connection() {
     let t = issue("ns", "keeper", "acme");
     let up = RawUpstream::start(false).await;
-    let (proxy, _dir) = proxy_for(&up, &[&t.record]).await;
+    let (proxy, _dir) = file_proxy(up.addr, &[&t.record]).await;
     let bearer = t.bearer();
     let addr = proxy.addr;
     let statuses = tokio::task::spawn_blocking(move || {
-        let mut c = Client::connect(addr);
+        let mut c = Conn::connect(addr);
         let mut s: Vec<u16> = (0..5).map(|_| c.get(&bearer)).collect();
         s.push(c.post(&bearer, "hello"));
         s
@@ -203,11 +131,11 @@ async fn a_client_connection_keeps_its_upstream_connection() {
 async fn an_upstream_connection_closed_while_idle_is_not_an_error() {
     let t = issue("ns", "stale", "acme");
     let up = RawUpstream::start(true).await;
-    let (proxy, _dir) = proxy_for(&up, &[&t.record]).await;
+    let (proxy, _dir) = file_proxy(up.addr, &[&t.record]).await;
     let bearer = t.bearer();
     let addr = proxy.addr;
     let statuses = tokio::task::spawn_blocking(move || {
-        let mut c = Client::connect(addr);
+        let mut c = Conn::connect(addr);
         let mut s = Vec::new();
         for i in 0..6 {
             // Let the upstream's close arrive before the next request.
@@ -236,14 +164,14 @@ async fn an_upstream_connection_closed_while_idle_is_not_an_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn expect_continue_is_answered_here_and_hop_by_hop_headers_stay_behind() {
+async fn expect_continue_goes_upstream_and_hop_by_hop_headers_stay_behind() {
     let t = issue("ns", "hops", "acme");
     let up = RawUpstream::start(false).await;
-    let (proxy, _dir) = proxy_for(&up, &[&t.record]).await;
+    let (proxy, _dir) = file_proxy(up.addr, &[&t.record]).await;
     let bearer = t.bearer();
     let addr = proxy.addr;
-    let (interim, last) = tokio::task::spawn_blocking(move || {
-        let mut c = Client::connect(addr);
+    let (interim, last, next) = tokio::task::spawn_blocking(move || {
+        let mut c = Conn::connect(addr);
         c.send(
             format!(
                 "POST /api/agent-base/a%20b?q=%E2%9C%93&x=1 HTTP/1.1\r\nHost: x\r\nAuthorization: {bearer}\r\n\
@@ -253,17 +181,21 @@ async fn expect_continue_is_answered_here_and_hop_by_hop_headers_stay_behind() {
             )
             .as_bytes(),
         );
-        // The proxy asks for the body only after the token was accepted.
+        // The upstream's 100, relayed: the body is asked for only after
+        // the token was accepted and the upstream wants it.
         let interim = c.response().0;
         c.send(b"hello");
-        (interim, c.response())
+        let last = c.response();
+        // The connection is still usable after an Expect exchange.
+        (interim, last, c.get(&bearer))
     })
     .await
     .unwrap();
     assert_eq!(interim, 100);
     assert_eq!((last.0, last.2.as_str()), (200, "ok"));
+    assert_eq!(next, 200);
     let seen = up.requests();
-    assert_eq!(seen.len(), 1);
+    assert_eq!(seen.len(), 2);
     let (head, body) = &seen[0];
     assert_eq!(body, b"hello");
     assert_eq!(
@@ -274,8 +206,8 @@ async fn expect_continue_is_answered_here_and_hop_by_hop_headers_stay_behind() {
         .iter()
         .map(|l| l.split(':').next().unwrap().to_ascii_lowercase())
         .collect();
+    assert!(names.iter().any(|n| n == "expect"), "{head:?}");
     for hop in [
-        "expect",
         "connection",
         "keep-alive",
         "te",
@@ -291,12 +223,12 @@ async fn expect_continue_is_answered_here_and_hop_by_hop_headers_stay_behind() {
 
     // A refused request with Expect gets its refusal, not a 100.
     let refused = tokio::task::spawn_blocking(move || {
-        let mut c = Client::connect(addr);
+        let mut c = Conn::connect(addr);
         c.send(b"POST /api/agent-base HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n");
         c.response().0
     })
     .await
     .unwrap();
     assert_eq!(refused, 401);
-    assert_eq!(up.requests().len(), 1);
+    assert_eq!(up.requests().len(), 2);
 }

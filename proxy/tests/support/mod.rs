@@ -2,7 +2,7 @@
 //! loopback ports, token helpers and a raw TCP client.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -448,4 +448,95 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     None
+}
+
+/// The `Content-Length` among head lines (0 without one).
+pub fn content_length(head: &[String]) -> usize {
+    head.iter()
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0)
+}
+
+/// One client keep-alive connection, requests sent one after the other.
+pub struct Conn {
+    reader: BufReader<TcpStream>,
+}
+
+impl Conn {
+    pub fn connect(addr: SocketAddr) -> Self {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        Self {
+            reader: BufReader::new(s),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.reader.get_mut().write_all(bytes).unwrap();
+    }
+
+    /// Reads one response: status, head lines, body (by Content-Length).
+    pub fn response(&mut self) -> (u16, Vec<String>, String) {
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            assert!(self.reader.read_line(&mut line).unwrap() > 0, "closed");
+            let line = line.trim_end().to_owned();
+            if line.is_empty() {
+                break;
+            }
+            lines.push(line);
+        }
+        let status = lines[0].split(' ').nth(1).unwrap().parse().unwrap();
+        let mut body = vec![0; content_length(&lines)];
+        self.reader.read_exact(&mut body).unwrap();
+        (status, lines, String::from_utf8(body).unwrap())
+    }
+
+    pub fn get(&mut self, bearer: &str) -> u16 {
+        self.send(
+            format!("GET /api/agent-base HTTP/1.1\r\nHost: x\r\nAuthorization: {bearer}\r\n\r\n")
+                .as_bytes(),
+        );
+        self.response().0
+    }
+
+    pub fn post(&mut self, bearer: &str, body: &str) -> u16 {
+        self.send(
+            format!(
+                "POST /api/agent-base HTTP/1.1\r\nHost: x\r\nAuthorization: {bearer}\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        self.response().0
+    }
+}
+
+impl Conn {
+    /// Whether the other side closed the connection without sending more.
+    pub fn closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.reader.read(&mut b), Ok(0) | Err(_))
+    }
+}
+
+/// The proxy with a file source holding `records`, in front of `upstream`;
+/// the directory holding the file lives as long as the returned guard.
+pub async fn file_proxy(
+    upstream: SocketAddr,
+    records: &[&HashedRecord],
+) -> (Proxy, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.json");
+    write_records(&path, records);
+    let b = ProxyBuilder::file(upstream, &path);
+    let proxy = tokio::task::spawn_blocking(move || b.start())
+        .await
+        .unwrap();
+    (proxy, dir)
 }
