@@ -376,6 +376,17 @@ impl Job {
     }
 
     async fn stream_model(&self, llm: &LlmConfig, text: &mut String) -> End {
+        match self.open_model_stream(llm).await {
+            Ok(resp) => self.relay_model_stream(resp, text).await,
+            Err(end) => end,
+        }
+    }
+
+    /// Sends the conversation to the model and returns its streaming answer.
+    async fn open_model_stream(
+        &self,
+        llm: &LlmConfig,
+    ) -> std::result::Result<reqwest::Response, End> {
         let mut messages =
             vec![json!({"role": "system", "content": answer::system_prompt(&self.citations)})];
         for (role, content) in &self.history {
@@ -392,30 +403,30 @@ impl Job {
         }
         let resp = tokio::select! {
             r = req.send() => r,
-            () = self.tx.closed() => return End::ClientGone,
+            () = self.tx.closed() => return Err(End::ClientGone),
         };
-        let resp = match resp {
-            Ok(r) => r,
-            Err(e) => {
-                return End::Failed(
-                    "upstream_unreachable",
-                    format!(
-                        "the assistant backend could not be reached: {}",
-                        if e.is_timeout() {
-                            "timed out".to_owned()
-                        } else {
-                            e.without_url().to_string()
-                        }
-                    ),
-                );
-            }
-        };
+        let resp = resp.map_err(|e| {
+            let why = if e.is_timeout() {
+                "timed out".to_owned()
+            } else {
+                e.without_url().to_string()
+            };
+            End::Failed(
+                "upstream_unreachable",
+                format!("the assistant backend could not be reached: {why}"),
+            )
+        })?;
         if !resp.status().is_success() {
-            return End::Failed(
+            return Err(End::Failed(
                 "upstream_error",
                 format!("the assistant backend answered {}", resp.status()),
-            );
+            ));
         }
+        Ok(resp)
+    }
+
+    /// Relays the model's server-sent events to the client as deltas.
+    async fn relay_model_stream(&self, resp: reqwest::Response, text: &mut String) -> End {
         let mut body = resp.bytes_stream();
         let mut parser = SseParser::default();
         let mut finish_reason = String::from("stop");
@@ -441,36 +452,44 @@ impl Job {
                 Ok(Some(Ok(b))) => b,
             };
             for ev in parser.feed(&bytes) {
-                if ev.data.trim() == "[DONE]" {
-                    return End::Done(finish_reason);
-                }
-                let Ok(v) = serde_json::from_str::<Value>(&ev.data) else {
-                    continue;
-                };
-                if let Some(err) = v.get("error") {
-                    let msg = err
-                        .get("message")
-                        .and_then(Value::as_str)
-                        .unwrap_or("error");
-                    return End::Failed(
-                        "upstream_error",
-                        format!("the assistant backend failed: {msg}"),
-                    );
-                }
-                let choice = &v["choices"][0];
-                if let Some(piece) = choice["delta"]["content"].as_str()
-                    && !piece.is_empty()
-                {
-                    text.push_str(piece);
-                    if !self.send("delta", json!({ "text": piece })).await {
-                        return End::ClientGone;
-                    }
-                }
-                if let Some(r) = choice["finish_reason"].as_str() {
-                    finish_reason = r.to_owned();
+                if let Some(end) = self.model_event(&ev.data, text, &mut finish_reason).await {
+                    return end;
                 }
             }
         }
+    }
+
+    /// One event of the model's stream; `Some` when the answer ends with it.
+    async fn model_event(&self, data: &str, text: &mut String, finish: &mut String) -> Option<End> {
+        if data.trim() == "[DONE]" {
+            return Some(End::Done(finish.clone()));
+        }
+        let Ok(v) = serde_json::from_str::<Value>(data) else {
+            return None;
+        };
+        if let Some(err) = v.get("error") {
+            let msg = err
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("error");
+            return Some(End::Failed(
+                "upstream_error",
+                format!("the assistant backend failed: {msg}"),
+            ));
+        }
+        let choice = &v["choices"][0];
+        if let Some(piece) = choice["delta"]["content"].as_str()
+            && !piece.is_empty()
+        {
+            text.push_str(piece);
+            if !self.send("delta", json!({ "text": piece })).await {
+                return Some(End::ClientGone);
+            }
+        }
+        if let Some(r) = choice["finish_reason"].as_str() {
+            *finish = r.to_owned();
+        }
+        None
     }
 }
 

@@ -378,43 +378,9 @@ impl Args {
         c.db_max_connections = self.db_max_connections;
         c.encryption_key = self.encryption_key.clone().map(Secret);
         c.encryption_key_file = self.encryption_key_file.clone();
-        if let Some(base) = self.openai_base_url.as_deref().filter(|u| !u.is_empty()) {
-            let parsed = reqwest::Url::parse(base)
-                .map_err(|e| Error::Config(format!("--openai-base-url: {e}")))?;
-            if !matches!(parsed.scheme(), "http" | "https") {
-                return Err(Error::Config("--openai-base-url must be http(s)".into()));
-            }
-            c.llm = Some(LlmConfig {
-                base_url: base.trim_end_matches('/').to_owned(),
-                api_key: self
-                    .openai_api_key
-                    .clone()
-                    .filter(|k| !k.is_empty())
-                    .map(Secret),
-                model: self.openai_model.clone(),
-            });
-        }
-        if self.object_store == StoreKind::S3 {
-            let bucket = self
-                .s3_bucket
-                .clone()
-                .filter(|b| !b.is_empty())
-                .ok_or_else(|| {
-                    Error::Config("--s3-bucket is required with --object-store s3".into())
-                })?;
-            c.store = StoreConfig::S3 {
-                bucket,
-                endpoint: self.s3_endpoint.clone().filter(|e| !e.is_empty()),
-                region: self.s3_region.clone(),
-                prefix: self.s3_prefix.trim_matches('/').to_owned(),
-                allow_http: self.s3_allow_http,
-                credentials: match (&self.s3_access_key_id, &self.s3_secret_access_key) {
-                    (Some(id), Some(secret)) if !id.is_empty() => {
-                        Some((id.clone(), Secret(secret.clone())))
-                    }
-                    _ => None,
-                },
-            };
+        c.llm = self.llm()?;
+        if let Some(store) = self.s3()? {
+            c.store = store;
         }
         if self.max_upload_bytes == 0 || self.max_json_bytes == 0 || self.max_webhook_bytes == 0 {
             return Err(Error::Config(
@@ -428,6 +394,60 @@ impl Args {
             max_webhook_bytes: self.max_webhook_bytes,
             max_index_bytes: self.max_index_bytes,
         };
+        c.queue = self.queue()?;
+        Ok(c)
+    }
+
+    /// The OpenAI-compatible endpoint, if one is configured.
+    fn llm(&self) -> Result<Option<LlmConfig>> {
+        let Some(base) = self.openai_base_url.as_deref().filter(|u| !u.is_empty()) else {
+            return Ok(None);
+        };
+        let parsed = reqwest::Url::parse(base)
+            .map_err(|e| Error::Config(format!("--openai-base-url: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(Error::Config("--openai-base-url must be http(s)".into()));
+        }
+        Ok(Some(LlmConfig {
+            base_url: base.trim_end_matches('/').to_owned(),
+            api_key: self
+                .openai_api_key
+                .clone()
+                .filter(|k| !k.is_empty())
+                .map(Secret),
+            model: self.openai_model.clone(),
+        }))
+    }
+
+    /// The S3 store, with `--object-store s3`.
+    fn s3(&self) -> Result<Option<StoreConfig>> {
+        if self.object_store != StoreKind::S3 {
+            return Ok(None);
+        }
+        let bucket = self
+            .s3_bucket
+            .clone()
+            .filter(|b| !b.is_empty())
+            .ok_or_else(|| {
+                Error::Config("--s3-bucket is required with --object-store s3".into())
+            })?;
+        Ok(Some(StoreConfig::S3 {
+            bucket,
+            endpoint: self.s3_endpoint.clone().filter(|e| !e.is_empty()),
+            region: self.s3_region.clone(),
+            prefix: self.s3_prefix.trim_matches('/').to_owned(),
+            allow_http: self.s3_allow_http,
+            credentials: match (&self.s3_access_key_id, &self.s3_secret_access_key) {
+                (Some(id), Some(secret)) if !id.is_empty() => {
+                    Some((id.clone(), Secret(secret.clone())))
+                }
+                _ => None,
+            },
+        }))
+    }
+
+    /// The execution queue's settings.
+    fn queue(&self) -> Result<QueueConfig> {
         if self.execution_lease < Duration::from_secs(1) {
             return Err(Error::Config(
                 "--execution-lease must be at least 1s".into(),
@@ -439,7 +459,7 @@ impl Args {
         if self.poll_interval.is_zero() {
             return Err(Error::Config("--poll-interval must be positive".into()));
         }
-        c.queue = QueueConfig {
+        Ok(QueueConfig {
             workers: self.workers,
             lease: self.execution_lease,
             max_attempts: self.max_attempts,
@@ -447,8 +467,7 @@ impl Args {
             http_timeout: self.agent_http_timeout,
             allow_private_networks: self.agent_allow_private_networks,
             retention: Some(self.retention).filter(|r| !r.is_zero()),
-        };
-        Ok(c)
+        })
     }
 }
 

@@ -199,20 +199,62 @@ async fn run_http(
     let c: HttpConfig = serde_json::from_value(agent.config.clone())
         .map_err(|e| Failure::msg(format!("stored config: {e}")))?;
     let integration = match &agent.integration_id {
-        Some(id) => Some(
-            integrations::resolve(state, &agent.product, id)
-                .await
-                .map_err(|e| match e {
-                    Error::NotFound(_) => {
-                        Failure::msg(format!("integration {id} no longer exists"))
-                    }
-                    e => Failure::msg(format!("integration {id}: {e}")),
-                })?,
-        ),
+        Some(id) => Some(resolve_integration(state, &agent.product, id).await?),
         None => None,
     };
+    let url = http_url(&c, integration.as_ref(), input)?;
+    let method = reqwest::Method::from_bytes(c.method.to_ascii_uppercase().as_bytes())
+        .map_err(|_| Failure::msg("bad method"))?;
+    if !state.config.queue.allow_private_networks
+        && let Some(refusal) = egress::literal_refusal(&url)
+    {
+        return Err(Failure::msg(refusal));
+    }
+    let req = http_request(state, &c, integration.as_ref(), &method, &url, input)?;
+    let started = std::time::Instant::now();
+    let resp = req.send().await.map_err(|e| {
+        Failure::msg(format!(
+            "calling {} {}: {}",
+            method,
+            redacted(&url),
+            describe(e)
+        ))
+    })?;
+    let status = resp.status();
+    let mut output = read_output(resp).await?;
+    output["duration_ms"] = json!(started.elapsed().as_millis() as u64);
+    if status.is_success() {
+        Ok(output)
+    } else {
+        Err(Failure {
+            message: format!("{} {} answered {}", method, redacted(&url), status),
+            output: Some(output),
+        })
+    }
+}
+
+async fn resolve_integration(
+    state: &AppState,
+    product: &str,
+    id: &str,
+) -> std::result::Result<integrations::Resolved, Failure> {
+    integrations::resolve(state, product, id)
+        .await
+        .map_err(|e| match e {
+            Error::NotFound(_) => Failure::msg(format!("integration {id} no longer exists")),
+            e => Failure::msg(format!("integration {id}: {e}")),
+        })
+}
+
+/// The agent's URL with its input rendered in, relative to the
+/// integration's base URL, with query parameters (and a query credential).
+fn http_url(
+    c: &HttpConfig,
+    integration: Option<&integrations::Resolved>,
+    input: &Value,
+) -> std::result::Result<reqwest::Url, Failure> {
     let rendered = template::render_url(&c.url, input).map_err(Failure::msg)?;
-    let url = match (&integration, rendered.starts_with('/')) {
+    let url = match (integration, rendered.starts_with('/')) {
         (Some(i), true) => format!("{}{rendered}", i.config.base_url.trim_end_matches('/')),
         (None, true) => return Err(Failure::msg("relative URL without an integration")),
         (_, false) => rendered,
@@ -225,7 +267,7 @@ async fn run_http(
             pairs.append_pair(k, &template::render_text(v, input).map_err(Failure::msg)?);
         }
         if let Some(Credentials::Query { name, value }) =
-            integration.as_ref().and_then(|i| i.credentials.as_ref())
+            integration.and_then(|i| i.credentials.as_ref())
         {
             pairs.append_pair(name, value);
         }
@@ -233,22 +275,28 @@ async fn run_http(
     if url.query() == Some("") {
         url.set_query(None);
     }
-    let method = reqwest::Method::from_bytes(c.method.to_ascii_uppercase().as_bytes())
-        .map_err(|_| Failure::msg("bad method"))?;
+    Ok(url)
+}
+
+/// The request: the integration's headers and credentials, the agent's
+/// rendered headers and, for methods that carry one, its rendered body.
+fn http_request(
+    state: &AppState,
+    c: &HttpConfig,
+    integration: Option<&integrations::Resolved>,
+    method: &reqwest::Method,
+    url: &reqwest::Url,
+    input: &Value,
+) -> std::result::Result<reqwest::RequestBuilder, Failure> {
     let timeout = c
         .timeout_ms
         .map(Duration::from_millis)
         .unwrap_or(state.config.queue.http_timeout);
-    if !state.config.queue.allow_private_networks
-        && let Some(refusal) = egress::literal_refusal(&url)
-    {
-        return Err(Failure::msg(refusal));
-    }
     let mut req = state
         .agent_http
         .request(method.clone(), url.clone())
         .timeout(timeout);
-    if let Some(i) = &integration {
+    if let Some(i) = integration {
         for (k, v) in &i.config.headers {
             req = req.header(k, v);
         }
@@ -269,20 +317,18 @@ async fn run_http(
         req = req.header(k, value);
     }
     if let Some(body) = &c.body
-        && method != reqwest::Method::GET
-        && method != reqwest::Method::HEAD
+        && *method != reqwest::Method::GET
+        && *method != reqwest::Method::HEAD
     {
         req = req.json(&template::render_json(body, input).map_err(Failure::msg)?);
     }
-    let started = std::time::Instant::now();
-    let resp = req.send().await.map_err(|e| {
-        Failure::msg(format!(
-            "calling {} {}: {}",
-            method,
-            redacted(&url),
-            describe(e)
-        ))
-    })?;
+    Ok(req)
+}
+
+/// The response as the execution's output: status, content type and body
+/// (JSON when it says so and fits, else text; at most
+/// [`MAX_RESPONSE_BYTES`]).
+async fn read_output(resp: reqwest::Response) -> std::result::Result<Value, Failure> {
     let status = resp.status();
     let content_type = resp
         .headers()
@@ -310,21 +356,12 @@ async fn run_http(
     } else {
         Value::String(String::from_utf8_lossy(&body).into_owned())
     };
-    let output = json!({
+    Ok(json!({
         "status": status.as_u16(),
         "content_type": content_type,
         "body": parsed,
         "truncated": truncated,
-        "duration_ms": started.elapsed().as_millis() as u64,
-    });
-    if status.is_success() {
-        Ok(output)
-    } else {
-        Err(Failure {
-            message: format!("{} {} answered {}", method, redacted(&url), status),
-            output: Some(output),
-        })
-    }
+    }))
 }
 
 /// A URL without its query string (which may carry a credential).

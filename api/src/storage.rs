@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
-use crate::db::{self, Keyed, is_unique_violation};
+use crate::db::{self, Keyed, Tx, is_unique_violation};
 use crate::error::{Error, ErrorBody, Result};
 use crate::extract::{ApiPath, ApiQuery};
 use crate::identity::Caller;
@@ -307,17 +307,15 @@ where
         .with_label_values(&["in"])
         .inc_by(size);
     let sha256 = hex::encode(hasher.finalize());
-    let committed = commit(
-        state,
+    let blob = StoredBlob {
         product,
         name,
         content_type,
         size,
-        &sha256,
-        &blob_key,
-        index.then_some((text, truncated)),
-    )
-    .await;
+        sha256: &sha256,
+        blob_key: &blob_key,
+    };
+    let committed = commit(state, &blob, index.then_some((text, truncated))).await;
     match committed {
         Ok((created, old_blob, row)) => {
             if let Some(old) = old_blob
@@ -336,102 +334,125 @@ where
     }
 }
 
-/// Points the file's row at a complete blob; returns (created, old blob, row).
-#[allow(clippy::too_many_arguments)]
+/// A complete blob and what the file's row says of it.
+struct StoredBlob<'a> {
+    product: &'a str,
+    name: &'a str,
+    content_type: &'a str,
+    size: u64,
+    sha256: &'a str,
+    blob_key: &'a str,
+}
+
+/// Points the file's row at a complete blob, in one transaction with its
+/// knowledge-base document; returns (created, old blob, row).
 async fn commit(
     state: &AppState,
-    product: &str,
-    name: &str,
-    content_type: &str,
-    size: u64,
-    sha256: &str,
-    blob_key: &str,
+    blob: &StoredBlob<'_>,
     text: Option<(Vec<u8>, bool)>,
 ) -> Result<(bool, Option<String>, Row)> {
-    let now = now_ms();
     let mut tx = state.db.begin().await?;
     let old: Option<(String, String)> =
         sqlx::query_as("SELECT id, blob_key FROM files WHERE product = $1 AND name = $2")
-            .bind(product)
-            .bind(name)
+            .bind(blob.product)
+            .bind(blob.name)
             .fetch_optional(&mut *tx)
             .await?;
     let (id, created) = match &old {
         Some((id, _)) => (id.clone(), false),
         None => (new_id("fil"), true),
     };
-    let document_id = match text {
-        Some((bytes, truncated)) if !looks_binary(&bytes) => Some(
-            knowledge::upsert_for_file(
-                &mut tx,
-                NewDocument {
-                    product,
-                    name,
-                    file_id: &id,
-                    content_type,
-                    size: size as i64,
-                    content: decode_prefix(&bytes, truncated),
-                    truncated,
-                },
-            )
-            .await?,
-        ),
-        _ => {
-            knowledge::delete_for_file(&mut tx, product, &id).await?;
-            None
+    let document_id = index_text(&mut tx, blob, &id, text).await?;
+    write_row(&mut tx, blob, &id, created, document_id).await?;
+    let row = sqlx::query_as::<_, Row>(&format!(
+        "SELECT {COLUMNS} FROM files WHERE product = $1 AND id = $2"
+    ))
+    .bind(blob.product)
+    .bind(&id)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok((created, old.map(|(_, blob)| blob), row))
+}
+
+/// Makes the file's text searchable (or removes its old document when the
+/// new content is not text); returns the document's id.
+async fn index_text(
+    tx: &mut Tx,
+    blob: &StoredBlob<'_>,
+    file_id: &str,
+    text: Option<(Vec<u8>, bool)>,
+) -> Result<Option<String>> {
+    match text {
+        Some((bytes, truncated)) if !looks_binary(&bytes) => {
+            let doc = NewDocument {
+                product: blob.product,
+                name: blob.name,
+                file_id,
+                content_type: blob.content_type,
+                size: blob.size as i64,
+                content: decode_prefix(&bytes, truncated),
+                truncated,
+            };
+            Ok(Some(knowledge::upsert_for_file(tx, doc).await?))
         }
-    };
+        _ => {
+            knowledge::delete_for_file(tx, blob.product, file_id).await?;
+            Ok(None)
+        }
+    }
+}
+
+/// Inserts or updates the file's row; a concurrent upload of the same name
+/// that committed first is a conflict.
+async fn write_row(
+    tx: &mut Tx,
+    blob: &StoredBlob<'_>,
+    id: &str,
+    created: bool,
+    document_id: Option<String>,
+) -> Result<()> {
+    let now = now_ms();
     let result = if created {
         sqlx::query(
             "INSERT INTO files (id, product, name, content_type, size, sha256, blob_key, \
              document_id, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
         )
-        .bind(&id)
-        .bind(product)
-        .bind(name)
-        .bind(content_type)
-        .bind(size as i64)
-        .bind(sha256)
-        .bind(blob_key)
+        .bind(id)
+        .bind(blob.product)
+        .bind(blob.name)
+        .bind(blob.content_type)
+        .bind(blob.size as i64)
+        .bind(blob.sha256)
+        .bind(blob.blob_key)
         .bind(document_id)
         .bind(now)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
     } else {
         sqlx::query(
             "UPDATE files SET content_type = $1, size = $2, sha256 = $3, blob_key = $4, \
              document_id = $5, updated_at = $6 WHERE product = $7 AND id = $8",
         )
-        .bind(content_type)
-        .bind(size as i64)
-        .bind(sha256)
-        .bind(blob_key)
+        .bind(blob.content_type)
+        .bind(blob.size as i64)
+        .bind(blob.sha256)
+        .bind(blob.blob_key)
         .bind(document_id)
         .bind(now)
-        .bind(product)
-        .bind(&id)
-        .execute(&mut *tx)
+        .bind(blob.product)
+        .bind(id)
+        .execute(&mut **tx)
         .await
     };
-    if let Err(e) = result {
-        return Err(if is_unique_violation(&e) {
-            Error::Conflict {
-                code: "concurrent_upload",
-                message: "another upload of this name finished first; retry".into(),
-            }
-        } else {
-            e.into()
-        });
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if is_unique_violation(&e) => Err(Error::Conflict {
+            code: "concurrent_upload",
+            message: "another upload of this name finished first; retry".into(),
+        }),
+        Err(e) => Err(e.into()),
     }
-    let row = sqlx::query_as::<_, Row>(&format!(
-        "SELECT {COLUMNS} FROM files WHERE product = $1 AND id = $2"
-    ))
-    .bind(product)
-    .bind(&id)
-    .fetch_one(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok((created, old.map(|(_, blob)| blob), row))
 }
 
 /// Binary content posing as text is not indexed.

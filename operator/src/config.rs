@@ -188,37 +188,8 @@ impl RunArgs {
             flag: "metrics-addr",
             message: format!("{:?} is not host:port ({e})", self.metrics_addr),
         })?;
-        let identity = match self.identity.as_deref().map(str::trim) {
-            Some(id) if !id.is_empty() => id.to_owned(),
-            _ => host_name().ok_or_else(|| Error::Config {
-                flag: "identity",
-                message: "not set and the hostname is unavailable; set POD_NAME".into(),
-            })?,
-        };
-        let leader_election = if self.leader_election {
-            let namespace = self
-                .lease_namespace
-                .as_deref()
-                .filter(|s| !s.trim().is_empty())
-                .ok_or_else(|| Error::Config {
-                    flag: "lease-namespace",
-                    message: "required with leader election (set POD_NAMESPACE, or pass \
-                              --leader-election=false)"
-                        .into(),
-                })?;
-            let namespace = check_name("lease-namespace", namespace)?;
-            let name = check_name("lease-name", &self.lease_name)?;
-            let duration = positive_std("lease-duration", &self.lease_duration)?;
-            if duration < Duration::from_secs(2) {
-                return Err(Error::Config {
-                    flag: "lease-duration",
-                    message: "must be at least 2s".into(),
-                });
-            }
-            Some(LeaseConfig::with_duration(&name, &namespace, duration))
-        } else {
-            None
-        };
+        let identity = self.identity()?;
+        let leader_election = self.leader_election()?;
         let log_format = match self.log_format.as_str() {
             "json" => LogFormat::Json,
             "text" => LogFormat::Text,
@@ -245,6 +216,46 @@ impl RunArgs {
             identity,
             log_format,
         })
+    }
+
+    /// This replica's name in the Lease.
+    fn identity(&self) -> Result<String> {
+        match self.identity.as_deref().map(str::trim) {
+            Some(id) if !id.is_empty() => Ok(id.to_owned()),
+            _ => host_name().ok_or_else(|| Error::Config {
+                flag: "identity",
+                message: "not set and the hostname is unavailable; set POD_NAME".into(),
+            }),
+        }
+    }
+
+    /// The leader-election Lease, when leader election is on.
+    fn leader_election(&self) -> Result<Option<LeaseConfig>> {
+        if !self.leader_election {
+            return Ok(None);
+        }
+        let namespace = self
+            .lease_namespace
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+            .ok_or_else(|| Error::Config {
+                flag: "lease-namespace",
+                message: "required with leader election (set POD_NAMESPACE, or pass \
+                          --leader-election=false)"
+                    .into(),
+            })?;
+        let namespace = check_name("lease-namespace", namespace)?;
+        let name = check_name("lease-name", &self.lease_name)?;
+        let duration = positive_std("lease-duration", &self.lease_duration)?;
+        if duration < Duration::from_secs(2) {
+            return Err(Error::Config {
+                flag: "lease-duration",
+                message: "must be at least 2s".into(),
+            });
+        }
+        Ok(Some(LeaseConfig::with_duration(
+            &name, &namespace, duration,
+        )))
     }
 }
 

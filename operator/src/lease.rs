@@ -220,75 +220,90 @@ where
 {
     let mut elector = Elector::new(client, cfg.clone(), identity.clone());
     loop {
-        // Candidate.
-        loop {
-            if shutdown.is_cancelled() {
-                return Ok(());
-            }
-            match elector.try_acquire_or_renew().await {
-                Ok(true) => break,
-                // A standby is ready: it is healthy and will take over.
-                Ok(false) => metrics.set_ready(true),
-                Err(e) => warn!(error = %e, "cannot read the leader Lease"),
-            }
-            tokio::select! {
-                () = tokio::time::sleep(cfg.retry_every) => {}
-                () = shutdown.cancelled() => return Ok(()),
-            }
+        if !campaign(&mut elector, &cfg, &metrics, &shutdown).await {
+            return Ok(());
         }
         info!(lease = %cfg.name, %identity, "acquired the leader Lease; reconciling");
         metrics.set_leader(true);
         let term = shutdown.child_token();
         let mut task = tokio::spawn(work(term.clone()));
-        let mut last_renew = Instant::now();
-        let outcome = loop {
-            tokio::select! {
-                () = tokio::time::sleep(cfg.renew_every) => {
-                    match elector.try_acquire_or_renew().await {
-                        Ok(true) => last_renew = Instant::now(),
-                        Ok(false) => break StepDown::Lost("another replica holds the Lease".into()),
-                        Err(e) if last_renew.elapsed() >= cfg.renew_deadline => {
-                            break StepDown::Lost(format!("cannot renew: {e}"));
-                        }
-                        Err(e) => warn!(error = %e, "Lease renewal failed; retrying"),
-                    }
-                }
-                joined = &mut task => {
-                    break StepDown::WorkEnded(joined.unwrap_or_else(|e| {
-                        Err(Error::Leadership(format!("reconciler task failed: {e}")))
-                    }));
-                }
-                () = shutdown.cancelled() => break StepDown::Shutdown,
-            }
-        };
+        let outcome = hold(&mut elector, &cfg, &mut task, &shutdown).await;
         term.cancel();
-        match outcome {
-            StepDown::Lost(why) => {
-                // Stop now, not gracefully: the Lease may soon be someone else's.
-                task.abort();
-                let _ = task.await;
-                metrics.set_leader(false);
-                metrics.set_sources(Vec::new());
-                warn!(%why, "stepped down as leader; reconciling stopped");
-            }
-            StepDown::Shutdown => {
-                let _ = tokio::time::timeout(cfg.renew_deadline, &mut task).await;
-                task.abort();
-                metrics.set_leader(false);
-                metrics.set_sources(Vec::new());
-                if let Err(e) = elector.release().await {
-                    warn!(error = %e, "could not release the Lease; it will expire");
+        if let StepDown::Lost(why) = &outcome {
+            // Stop now, not gracefully: the Lease may soon be someone else's.
+            task.abort();
+            let _ = task.await;
+            metrics.set_leader(false);
+            metrics.set_sources(Vec::new());
+            warn!(%why, "stepped down as leader; reconciling stopped");
+            continue;
+        }
+        if matches!(outcome, StepDown::Shutdown) {
+            let _ = tokio::time::timeout(cfg.renew_deadline, &mut task).await;
+            task.abort();
+        }
+        metrics.set_leader(false);
+        metrics.set_sources(Vec::new());
+        if let Err(e) = elector.release().await {
+            warn!(error = %e, "could not release the Lease; it will expire");
+        }
+        return match outcome {
+            StepDown::WorkEnded(result) => result,
+            _ => Ok(()),
+        };
+    }
+}
+
+/// Waits as a candidate until elected (true) or shut down (false).
+async fn campaign(
+    elector: &mut Elector,
+    cfg: &LeaseConfig,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> bool {
+    loop {
+        if shutdown.is_cancelled() {
+            return false;
+        }
+        match elector.try_acquire_or_renew().await {
+            Ok(true) => return true,
+            // A standby is ready: it is healthy and will take over.
+            Ok(false) => metrics.set_ready(true),
+            Err(e) => warn!(error = %e, "cannot read the leader Lease"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(cfg.retry_every) => {}
+            () = shutdown.cancelled() => return false,
+        }
+    }
+}
+
+/// Renews the Lease while `task` runs; says why leadership ended.
+async fn hold(
+    elector: &mut Elector,
+    cfg: &LeaseConfig,
+    task: &mut tokio::task::JoinHandle<Result<()>>,
+    shutdown: &CancellationToken,
+) -> StepDown {
+    let mut last_renew = Instant::now();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(cfg.renew_every) => {
+                match elector.try_acquire_or_renew().await {
+                    Ok(true) => last_renew = Instant::now(),
+                    Ok(false) => return StepDown::Lost("another replica holds the Lease".into()),
+                    Err(e) if last_renew.elapsed() >= cfg.renew_deadline => {
+                        return StepDown::Lost(format!("cannot renew: {e}"));
+                    }
+                    Err(e) => warn!(error = %e, "Lease renewal failed; retrying"),
                 }
-                return Ok(());
             }
-            StepDown::WorkEnded(result) => {
-                metrics.set_leader(false);
-                metrics.set_sources(Vec::new());
-                if let Err(e) = elector.release().await {
-                    warn!(error = %e, "could not release the Lease; it will expire");
-                }
-                return result;
+            joined = &mut *task => {
+                return StepDown::WorkEnded(joined.unwrap_or_else(|e| {
+                    Err(Error::Leadership(format!("reconciler task failed: {e}")))
+                }));
             }
+            () = shutdown.cancelled() => return StepDown::Shutdown,
         }
     }
 }

@@ -43,42 +43,7 @@ pub fn issue(args: &IssueOfflineArgs, now: DateTime<Utc>) -> Result<Issued> {
         path: manifest_path.clone(),
         message,
     };
-    let text = std::fs::read_to_string(&args.file).map_err(|source| Error::Io {
-        path: manifest_path.clone(),
-        source,
-    })?;
-    let mut token: ApiToken =
-        serde_yaml::from_str(&text).map_err(|e| bad(format!("not an ApiToken: {e}")))?;
-    let name = token
-        .metadata
-        .name
-        .clone()
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| bad("metadata.name is required".into()))?;
-    let namespace = token
-        .metadata
-        .namespace
-        .clone()
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| "default".to_owned());
-    let path = args.out_dir.join(format!("{namespace}-{name}.json"));
-    let existing = read_record(&path)?;
-
-    let uid = token
-        .metadata
-        .uid
-        .clone()
-        .or_else(|| existing.as_ref().map(|r| r.uid.clone()))
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    token.metadata.namespace = Some(namespace);
-    token.metadata.uid = Some(uid);
-    token.metadata.generation = Some(token.metadata.generation.unwrap_or(1));
-    // Offline, the record file is the only memory: it stands in for status.
-    token.status = existing.as_ref().map(|r| ApiTokenStatus {
-        issued_regeneration: r.hashes.first().map(|h| h.regeneration),
-        ..Default::default()
-    });
-
+    let (token, path, existing) = read_manifest(args)?;
     let cfg = PlanConfig {
         hashed_namespace: "offline".into(),
         delivery_mode: prodgy_crds::DeliveryMode::Secret,
@@ -123,6 +88,51 @@ pub fn issue(args: &IssueOfflineArgs, now: DateTime<Utc>) -> Result<Issued> {
         written: plan.put_hashed.is_some(),
         regeneration: record.hashes.first().map_or(0, |h| h.regeneration),
     })
+}
+
+/// The manifest's ApiToken with the identity a cluster would give it, the
+/// path of its record file, and the record already there. Offline, the
+/// record file is the only memory: it stands in for the status.
+fn read_manifest(args: &IssueOfflineArgs) -> Result<(ApiToken, PathBuf, Option<HashedRecord>)> {
+    let manifest_path = args.file.display().to_string();
+    let bad = |message: String| Error::Manifest {
+        path: manifest_path.clone(),
+        message,
+    };
+    let text = std::fs::read_to_string(&args.file).map_err(|source| Error::Io {
+        path: manifest_path.clone(),
+        source,
+    })?;
+    let mut token: ApiToken =
+        serde_yaml::from_str(&text).map_err(|e| bad(format!("not an ApiToken: {e}")))?;
+    let name = token
+        .metadata
+        .name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| bad("metadata.name is required".into()))?;
+    let namespace = token
+        .metadata
+        .namespace
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "default".to_owned());
+    let path = args.out_dir.join(format!("{namespace}-{name}.json"));
+    let existing = read_record(&path)?;
+    let uid = token
+        .metadata
+        .uid
+        .clone()
+        .or_else(|| existing.as_ref().map(|r| r.uid.clone()))
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    token.metadata.namespace = Some(namespace);
+    token.metadata.uid = Some(uid);
+    token.metadata.generation = Some(token.metadata.generation.unwrap_or(1));
+    token.status = existing.as_ref().map(|r| ApiTokenStatus {
+        issued_regeneration: r.hashes.first().map(|h| h.regeneration),
+        ..Default::default()
+    });
+    Ok((token, path, existing))
 }
 
 /// Runs `issue-offline`: the plaintext (only) goes to `out`, once; a human
