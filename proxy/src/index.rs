@@ -1,20 +1,26 @@
 //! The token index: SHA-256 digest → compact record, read on every request
 //! without a contended lock.
 //!
-//! Layout, chosen for 1,000,000 tokens in well under 300 MB:
+//! Layout, chosen for 1,000,000 tokens in under 200 MB:
 //! * one [`Record`] per ApiToken (identity strings in one allocation, the
-//!   current digest inline, product interned, scopes a bit set, expiry an
-//!   `i64`), shared by every digest that points at it;
-//! * 64 shards, picked by the first digest byte, each an `ArcSwap` of a
-//!   `hashbrown::HashTable` of 16-byte slots (record pointer + digest number).
-//!   The digest is uniformly random, so its bytes are the hash: no hashing
-//!   work, and no attacker-chosen keys (a SHA-256 preimage would be needed).
+//!   current digest inline, product interned, scopes a bit set, expiry and
+//!   the digest's own end folded into one `i64`), shared by every digest
+//!   that points at it;
+//! * 64 to 127 shards, picked by the first digest bytes, each a
+//!   `hashbrown::HashTable` of 16-byte slots (record pointer + digest
+//!   number). The digest is uniformly random, so its bytes are the hash: no
+//!   hashing work, and no attacker-chosen keys (a SHA-256 preimage would be
+//!   needed). A hash table's bucket count is a power of two at most 7/8 full,
+//!   so a fixed shard count can leave half the buckets empty (a million
+//!   digests in 64 shards: 2^21 buckets); a full rebuild picks the count
+//!   that needs the fewest buckets ([`shard_count`]).
 //!
-//! Readers `load()` one shard (no shared write); the single writer clones the
-//! one or two shards an update touches and swaps them in, so a watch event
-//! costs a few tens of microseconds even at a million tokens. A full rebuild
-//! (first sync, relist, file reload) builds fresh shards beside the old ones
-//! and swaps them: the old state keeps enforcing until then.
+//! Readers `load()` the shard list once (no shared write); the single writer
+//! clones the one or two shards an update touches and swaps in a new list
+//! sharing the others, so a watch event costs a few tens of microseconds
+//! even at a million tokens. A full rebuild (first sync, relist, file
+//! reload) builds fresh shards beside the old ones and swaps them: the old
+//! state keeps enforcing until then.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
@@ -30,7 +36,8 @@ use prodgy_crds::{HashedRecord, RecordState, Refusal, ScopeSet, TokenHash};
 use crate::cells::{Cells, TokenCell};
 use crate::{Error, Result};
 
-const SHARDS: usize = 64;
+/// Shard counts a full rebuild chooses from.
+const SHARDS: std::ops::Range<usize> = 64..128;
 
 /// "Never" for expiry instants.
 pub const NEVER: i64 = i64::MAX;
@@ -62,9 +69,11 @@ impl Product {
 #[derive(Clone, Copy, Debug)]
 pub struct HashSlot {
     digest: TokenHash,
-    /// Unix nanoseconds at which a superseded token stops; [`NEVER`] for the
-    /// current one.
-    not_after: i64,
+    /// Unix nanoseconds from which this digest is refused as expired: the
+    /// earlier of the token's expiry and, for a superseded digest, the end
+    /// of its grace period. [`NEVER`] for a current digest of a token
+    /// without expiry.
+    until: i64,
 }
 
 /// What the proxy knows about one ApiToken: everything needed to decide
@@ -85,7 +94,6 @@ pub struct Record {
         reason = "8 bytes instead of a boxed slice's 16, times a million records"
     )]
     more: Option<Box<Vec<HashSlot>>>,
-    expires_at: i64,
     /// `(requests per second, burst)`; `rps == 0` means unlimited.
     rate: (u32, u32),
     product: Arc<Product>,
@@ -141,8 +149,7 @@ impl Record {
     /// The decision for digest number `slot` at `now` (unix nanoseconds),
     /// with [`HashedRecord::check`]'s precedence: Revoked > Expired > Inactive.
     pub fn check(&self, slot: u32, now: i64) -> std::result::Result<(), Refusal> {
-        self.state
-            .verdict(now >= self.expires_at || now >= self.slot(slot).not_after)
+        self.state.verdict(now >= self.slot(slot).until)
     }
 
     /// The usage and metrics cell of this token, created on first use.
@@ -234,9 +241,13 @@ impl SyncStatus {
     }
 }
 
+/// The shard tables of one moment; an update shares the untouched ones.
+#[derive(Clone)]
+struct Shards(Box<[Arc<Table>]>);
+
 /// The read side, shared by every worker thread.
 pub struct Index {
-    shards: Box<[ArcSwap<Table>]>,
+    shards: ArcSwap<Shards>,
     records: AtomicUsize,
     digests: AtomicUsize,
     /// Health of the source feeding the index.
@@ -256,9 +267,9 @@ impl std::fmt::Debug for Index {
 impl Default for Index {
     fn default() -> Self {
         Self {
-            shards: (0..SHARDS)
-                .map(|_| ArcSwap::from_pointee(Table::new()))
-                .collect(),
+            shards: ArcSwap::from_pointee(Shards(
+                (0..SHARDS.start).map(|_| Arc::new(Table::new())).collect(),
+            )),
             records: AtomicUsize::new(0),
             digests: AtomicUsize::new(0),
             sync: SyncStatus::default(),
@@ -266,8 +277,14 @@ impl Default for Index {
     }
 }
 
-fn shard_of(d: &TokenHash) -> usize {
-    usize::from(d.0[0]) % SHARDS
+/// Which of `n` shards a 32-bit value falls in (multiply-shift: no
+/// division on the request path).
+fn fast_range(x: u32, n: usize) -> usize {
+    ((u64::from(x) * n as u64) >> 32) as usize
+}
+
+fn shard_of(d: &TokenHash, n: usize) -> usize {
+    fast_range(u32::from_le_bytes([d.0[0], d.0[1], d.0[2], d.0[3]]), n)
 }
 
 fn hash_of(d: &TokenHash) -> u64 {
@@ -280,11 +297,35 @@ fn slot_hash(s: &Slot) -> u64 {
     hash_of(&s.record.slot(s.idx).digest)
 }
 
+/// Buckets hashbrown allocates for `capacity` entries (its rule above 8;
+/// tiny tables get a few more).
+fn buckets(capacity: usize) -> usize {
+    match capacity {
+        0 => 0,
+        1..4 => 4,
+        4..8 => 8,
+        _ => (capacity * 8 / 7).next_power_of_two(),
+    }
+}
+
+/// The shard count in [`SHARDS`] whose tables need the fewest buckets for
+/// `n` uniformly spread entries, with headroom for the spread (four
+/// standard deviations above the mean shard). The smallest count wins ties.
+pub fn shard_count(n: usize) -> usize {
+    SHARDS
+        .min_by_key(|&shards| {
+            let mean = n.div_ceil(shards);
+            let fullest = mean + 4 * mean.isqrt() + 1;
+            shards * buckets(fullest)
+        })
+        .unwrap_or(SHARDS.start)
+}
+
 impl Index {
     /// Finds a digest. The final comparison is constant-time.
     pub fn lookup(&self, digest: &TokenHash) -> Option<Found> {
-        let shard = self.shards[shard_of(digest)].load();
-        shard
+        let shards = self.shards.load();
+        shards.0[shard_of(digest, shards.0.len())]
             .find(hash_of(digest), |s| {
                 s.record.slot(s.idx).digest.ct_eq(digest)
             })
@@ -300,6 +341,10 @@ impl Index {
     /// Number of accepted digests (current plus superseded in grace).
     pub fn digests(&self) -> usize {
         self.digests.load(Ordering::Relaxed)
+    }
+    /// Number of shards (chosen by the last full rebuild).
+    pub fn shards(&self) -> usize {
+        self.shards.load().0.len()
     }
 }
 
@@ -323,19 +368,81 @@ impl ProductFilter {
     }
 }
 
+/// The writer's records by UID, sharded like the digest tables and for the
+/// same reason (a million records in one table: 2^21 buckets).
+struct Objects {
+    shards: Vec<HashTable<Arc<Record>>>,
+    hasher: std::hash::RandomState,
+    len: usize,
+}
+
+impl Objects {
+    fn with_capacity(n: usize, hasher: std::hash::RandomState) -> Self {
+        let count = shard_count(n);
+        let each = n.div_ceil(count);
+        Self {
+            shards: (0..count)
+                .map(|_| HashTable::with_capacity(each + 4 * each.isqrt()))
+                .collect(),
+            hasher,
+            len: 0,
+        }
+    }
+
+    fn locate(&self, uid: &str) -> (u64, usize) {
+        let h = self.hasher.hash_one(uid);
+        (h, fast_range((h >> 32) as u32, self.shards.len()))
+    }
+
+    /// Adds `r`, returning the record it replaces (same UID).
+    fn insert(&mut self, r: Arc<Record>) -> Option<Arc<Record>> {
+        let (h, i) = self.locate(r.uid());
+        let hasher = &self.hasher;
+        match self.shards[i].entry(h, |o| o.uid() == r.uid(), |o| hasher.hash_one(o.uid())) {
+            hashbrown::hash_table::Entry::Occupied(mut e) => {
+                Some(std::mem::replace(e.get_mut(), r))
+            }
+            hashbrown::hash_table::Entry::Vacant(e) => {
+                e.insert(r);
+                self.len += 1;
+                None
+            }
+        }
+    }
+
+    fn remove(&mut self, uid: &str) -> Option<Arc<Record>> {
+        let (h, i) = self.locate(uid);
+        let old = self.shards[i]
+            .find_entry(h, |r| r.uid() == uid)
+            .ok()?
+            .remove()
+            .0;
+        self.len -= 1;
+        Some(old)
+    }
+
+    fn contains(&self, uid: &str) -> bool {
+        let (h, i) = self.locate(uid);
+        self.shards[i].find(h, |r| r.uid() == uid).is_some()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Arc<Record>> {
+        self.shards.iter().flat_map(|t| t.iter())
+    }
+}
+
 /// The single writer: turns [`HashedRecord`]s into records and publishes them.
 pub struct IndexWriter {
     index: Arc<Index>,
     filter: ProductFilter,
     products: HashMap<Box<str>, Arc<Product>>,
-    objects: HashTable<Arc<Record>>,
-    hasher: std::hash::RandomState,
+    objects: Objects,
 }
 
 impl std::fmt::Debug for IndexWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IndexWriter")
-            .field("objects", &self.objects.len())
+            .field("objects", &self.objects.len)
             .finish_non_exhaustive()
     }
 }
@@ -358,8 +465,7 @@ impl IndexWriter {
             index,
             filter,
             products: HashMap::new(),
-            objects: HashTable::new(),
-            hasher: std::hash::RandomState::new(),
+            objects: Objects::with_capacity(0, std::hash::RandomState::new()),
         }
     }
 
@@ -405,13 +511,14 @@ impl IndexWriter {
                 ));
             }
         }
+        let expires_at = nanos(r.expires_at);
         let mut slots = Vec::with_capacity(r.hashes.len());
         for h in &r.hashes {
             let digest =
                 TokenHash::from_hex(&h.sha256).map_err(|e| Error::InvalidRecord(e.to_string()))?;
             slots.push(HashSlot {
                 digest,
-                not_after: nanos(h.not_after),
+                until: expires_at.min(nanos(h.not_after)),
             });
         }
         let mut slots = slots.into_iter();
@@ -431,7 +538,6 @@ impl IndexWriter {
             label_len: label_len16,
             first,
             more: (!more.is_empty()).then(|| Box::new(more)),
-            expires_at: nanos(r.expires_at),
             rate: r
                 .rate_limit
                 .as_ref()
@@ -442,36 +548,16 @@ impl IndexWriter {
         }))
     }
 
-    fn uid_hash(&self, uid: &str) -> u64 {
-        self.hasher.hash_one(uid)
-    }
-
     /// Adds or replaces the record with `record.uid()`.
     pub fn upsert(&mut self, record: &Arc<Record>) {
-        let h = self.uid_hash(record.uid());
-        let hasher = self.hasher.clone();
-        let old =
-            match self
-                .objects
-                .entry(h, |r| r.uid() == record.uid(), |r| hasher.hash_one(r.uid()))
-            {
-                hashbrown::hash_table::Entry::Occupied(mut e) => {
-                    Some(std::mem::replace(e.get_mut(), record.clone()))
-                }
-                hashbrown::hash_table::Entry::Vacant(e) => {
-                    e.insert(record.clone());
-                    None
-                }
-            };
+        let old = self.objects.insert(record.clone());
         self.publish(old.as_ref(), Some(record));
     }
 
     /// Removes the record with this UID; returns whether one was there.
     pub fn remove(&mut self, uid: &str) -> bool {
-        let h = self.uid_hash(uid);
-        let old = match self.objects.find_entry(h, |r| r.uid() == uid) {
-            Ok(e) => e.remove().0,
-            Err(_) => return false,
+        let Some(old) = self.objects.remove(uid) else {
+            return false;
         };
         self.publish(Some(&old), None);
         true
@@ -479,26 +565,19 @@ impl IndexWriter {
 
     /// Whether a record with this UID is loaded.
     pub fn contains(&self, uid: &str) -> bool {
-        self.objects
-            .find(self.uid_hash(uid), |r| r.uid() == uid)
-            .is_some()
+        self.objects.contains(uid)
     }
 
-    /// Rewrites the shards one changed record touches.
+    /// Rewrites the shards one changed record touches: each is copied on
+    /// its first change, and the new list shares the others.
     fn publish(&mut self, old: Option<&Arc<Record>>, new: Option<&Arc<Record>>) {
-        let mut touched: Vec<(usize, Table)> = Vec::new();
-        let table_for = |i: usize, touched: &mut Vec<(usize, Table)>| -> usize {
-            if let Some(p) = touched.iter().position(|(s, _)| *s == i) {
-                return p;
-            }
-            touched.push((i, Table::clone(&self.index.shards[i].load())));
-            touched.len() - 1
-        };
+        let mut tables = self.index.shards.load().0.to_vec();
+        let n = tables.len();
         let mut digests = self.index.digests() as isize;
         if let Some(old) = old {
             for (idx, slot) in old.slots().enumerate() {
-                let p = table_for(shard_of(&slot.digest), &mut touched);
-                if let Ok(e) = touched[p].1.find_entry(hash_of(&slot.digest), |s| {
+                let table = Arc::make_mut(&mut tables[shard_of(&slot.digest, n)]);
+                if let Ok(e) = table.find_entry(hash_of(&slot.digest), |s| {
                     Arc::ptr_eq(&s.record, old) && s.idx as usize == idx
                 }) {
                     e.remove();
@@ -508,12 +587,12 @@ impl IndexWriter {
         }
         if let Some(new) = new {
             for (idx, slot) in new.slots().enumerate() {
-                let p = table_for(shard_of(&slot.digest), &mut touched);
+                let table = Arc::make_mut(&mut tables[shard_of(&slot.digest, n)]);
                 let value = Slot {
                     record: new.clone(),
                     idx: idx as u32,
                 };
-                match touched[p].1.entry(
+                match table.entry(
                     hash_of(&slot.digest),
                     |s| s.record.slot(s.idx).digest.ct_eq(&slot.digest),
                     slot_hash,
@@ -533,52 +612,46 @@ impl IndexWriter {
                 }
             }
         }
-        for (i, table) in touched {
-            self.index.shards[i].store(Arc::new(table));
-        }
+        self.index
+            .shards
+            .store(Arc::new(Shards(tables.into_boxed_slice())));
         self.index
             .digests
             .store(digests.max(0) as usize, Ordering::Relaxed);
         self.index
             .records
-            .store(self.objects.len(), Ordering::Relaxed);
+            .store(self.objects.len, Ordering::Relaxed);
     }
 
     /// Replaces the whole content with `records` (first sync, relist, file
     /// reload). Later records win over earlier ones with the same UID.
     pub fn replace_all(&mut self, records: Vec<Arc<Record>>) {
-        let mut objects: HashTable<Arc<Record>> = HashTable::with_capacity(records.len());
-        let hasher = self.hasher.clone();
+        let mut objects = Objects::with_capacity(records.len(), self.objects.hasher.clone());
         for r in records {
-            let h = hasher.hash_one(r.uid());
-            match objects.entry(h, |o| o.uid() == r.uid(), |o| hasher.hash_one(o.uid())) {
-                hashbrown::hash_table::Entry::Occupied(mut e) => {
-                    tracing::warn!(
-                        uid = r.uid(),
-                        "the same token UID appears twice; the later record wins"
-                    );
-                    *e.get_mut() = r;
-                }
-                hashbrown::hash_table::Entry::Vacant(e) => {
-                    e.insert(r);
-                }
+            if let Some(old) = objects.insert(r) {
+                tracing::warn!(
+                    uid = old.uid(),
+                    "the same token UID appears twice; the later record wins"
+                );
             }
         }
-        let mut per_shard = [0usize; SHARDS];
-        for r in &objects {
+        let total: usize = objects.iter().map(|r| r.slots().count()).sum();
+        let n = shard_count(total);
+        let mut per_shard = vec![0usize; n];
+        for r in objects.iter() {
             for s in r.slots() {
-                per_shard[shard_of(&s.digest)] += 1;
+                per_shard[shard_of(&s.digest, n)] += 1;
             }
         }
-        let mut tables: Vec<Table> = per_shard.iter().map(|&n| Table::with_capacity(n)).collect();
+        let mut tables: Vec<Table> = per_shard.iter().map(|&c| Table::with_capacity(c)).collect();
         let mut digests = 0;
-        for r in &objects {
+        for r in objects.iter() {
             for (idx, s) in r.slots().enumerate() {
                 let value = Slot {
                     record: r.clone(),
                     idx: idx as u32,
                 };
-                match tables[shard_of(&s.digest)].entry(
+                match tables[shard_of(&s.digest, n)].entry(
                     hash_of(&s.digest),
                     |o| o.record.slot(o.idx).digest.ct_eq(&s.digest),
                     slot_hash,
@@ -594,16 +667,16 @@ impl IndexWriter {
                 }
             }
         }
-        for (i, t) in tables.into_iter().enumerate() {
-            self.index.shards[i].store(Arc::new(t));
-        }
+        self.index
+            .shards
+            .store(Arc::new(Shards(tables.into_iter().map(Arc::new).collect())));
         self.objects = objects;
         // Drop products nothing refers to any more.
         self.products.retain(|_, p| Arc::strong_count(p) > 1);
         self.index.digests.store(digests, Ordering::Relaxed);
         self.index
             .records
-            .store(self.objects.len(), Ordering::Relaxed);
+            .store(self.objects.len, Ordering::Relaxed);
     }
 }
 
@@ -787,11 +860,30 @@ mod tests {
     fn records_and_slots_stay_compact() {
         // A million of each: every 8 bytes here is 8 MB of RSS.
         assert!(
-            size_of::<Record>() <= 104,
+            size_of::<Record>() <= 96,
             "Record is {} bytes",
             size_of::<Record>()
         );
         assert_eq!(size_of::<Slot>(), 16);
+    }
+
+    #[test]
+    fn shard_counts_keep_the_tables_mostly_full() {
+        // 64 shards would take 2^21 buckets for a million digests.
+        let n = 1_000_000;
+        let shards = shard_count(n);
+        let total = shards * buckets(n.div_ceil(shards) + 4 * n.div_ceil(shards).isqrt() + 1);
+        assert!(total < 1_300_000, "{shards} shards, {total} buckets");
+        for n in [0, 1, 7, 1_000, 917_504, 3_000_000] {
+            assert!(SHARDS.contains(&shard_count(n)), "{n}");
+        }
+        assert_eq!(buckets(0), 0);
+        assert_eq!(buckets(7), 8);
+        assert_eq!(buckets(14_336), 16_384);
+        assert_eq!(buckets(14_337), 32_768);
+        for x in [0, 1, u32::MAX / 2, u32::MAX] {
+            assert!(fast_range(x, 70) < 70);
+        }
     }
 
     #[test]
