@@ -72,6 +72,8 @@ pub enum Command {
     Activate(NameArgs),
     /// Revoke a token permanently
     Revoke(RevokeArgs),
+    /// Serve the API Tokens page on 127.0.0.1 and open it in the browser
+    Ui(UiArgs),
 }
 
 /// `create`.
@@ -162,6 +164,20 @@ pub struct RevokeArgs {
     pub yes: bool,
 }
 
+/// `ui`.
+#[derive(Debug, Args)]
+pub struct UiArgs {
+    /// Show the tokens of every namespace
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+    /// Port on 127.0.0.1 to serve on [default: any free port]
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// Print the URL but do not open a browser
+    #[arg(long)]
+    pub no_open: bool,
+}
+
 fn name_arg(s: &str) -> Result<String, String> {
     validate_name(s).map(|()| s.to_owned())
 }
@@ -244,6 +260,15 @@ mod tests {
             Command::List(ListArgs {
                 all_namespaces: true,
                 output: Format::Json
+            })
+        ));
+        let ui = parse(&["ui", "-A", "--port", "8001", "--no-open"]).unwrap();
+        assert!(matches!(
+            ui.command,
+            Command::Ui(UiArgs {
+                all_namespaces: true,
+                port: 8001,
+                no_open: true
             })
         ));
         let revoke = parse(&["revoke", "ci", "-y"]).unwrap();

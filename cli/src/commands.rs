@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use prodgy_crds::{ApiToken, DeliveryMode, Phase, Token};
 use serde_json::{Value, json};
@@ -24,6 +24,15 @@ use crate::{Command, Error, FIELD_MANAGER, Result, Terminal, osc52};
 
 const TOKENS: &str = "apitokens.prodgy.io";
 const SECRETS: &str = "secrets";
+
+/// A regeneration asked for: the target number and the prefix it replaces.
+#[derive(Debug)]
+pub struct Regeneration {
+    /// The `spec.regeneration` to wait for.
+    pub target: i64,
+    /// The prefix of the token being replaced, if it was issued.
+    pub old_prefix: Option<String>,
+}
 
 /// A connected client, the namespace commands act in, and the wait budget.
 #[derive(Clone)]
@@ -45,11 +54,23 @@ impl std::fmt::Debug for Session {
     }
 }
 
-/// A freshly issued token, read from its delivery Secret.
-struct Issued {
-    token: Token,
-    secret: String,
-    resource: ApiToken,
+/// A freshly issued token, read from its delivery Secret. Its `Debug`
+/// never shows the plaintext.
+#[derive(Debug)]
+pub struct Issued {
+    /// The plaintext, to be shown once.
+    pub token: Token,
+    /// The delivery Secret it was read from.
+    pub secret: String,
+    /// The ApiToken as it was when the token was read.
+    pub resource: ApiToken,
+}
+
+impl Issued {
+    /// Whether the delivery Secret is removed after the reveal window.
+    pub fn reveal_once(&self) -> bool {
+        delivery_mode(&self.resource) == Some(DeliveryMode::RevealOnce)
+    }
 }
 
 impl Session {
@@ -76,6 +97,25 @@ impl Session {
         &self.namespace
     }
 
+    /// The same connection acting in another namespace.
+    #[must_use]
+    pub fn in_namespace(&self, namespace: &str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            ..self.clone()
+        }
+    }
+
+    /// How long requests and waits for the operator may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The Kubernetes client (the user's own credentials).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Runs one command.
     pub async fn run(&self, command: &Command, term: &mut Terminal<'_>) -> Result<()> {
         match command {
@@ -87,11 +127,28 @@ impl Session {
             Command::Deactivate(a) => self.deactivate(a, term).await,
             Command::Activate(a) => self.activate(a, term).await,
             Command::Revoke(a) => self.revoke(a, term).await,
+            Command::Ui(a) => crate::ui::serve(self, a, term).await,
         }
     }
 
     /// `create`: apply the ApiToken, wait for the operator, show the token once.
     pub async fn create(&self, args: &CreateArgs, term: &mut Terminal<'_>) -> Result<()> {
+        self.apply_new(args).await?;
+        writeln!(
+            term.err,
+            "apitoken {:?} created in namespace {:?}; waiting for the operator to issue it...",
+            args.name, self.namespace
+        )?;
+        let issued = self.wait_for_issue(&args.name, 0).await?;
+        show_token(term, &issued)?;
+        let reveal_once = args.reveal_once || issued.reveal_once();
+        self.warn_once(term, &issued, reveal_once)
+    }
+
+    /// The write half of `create`: refuses a taken name, then applies the
+    /// chosen fields. [`Session::wait_for_issue`] with regeneration 0 then
+    /// reads the token.
+    pub async fn apply_new(&self, args: &CreateArgs) -> Result<()> {
         let expires_at = args
             .expires
             .as_deref()
@@ -116,34 +173,12 @@ impl Session {
         )
         .await
         .map_err(|e| self.api_error(e, "patch", TOKENS))?;
-        writeln!(
-            term.err,
-            "apitoken {:?} created in namespace {:?}; waiting for the operator to issue it...",
-            args.name, self.namespace
-        )?;
-        let issued = self.wait_for_issue(&args.name, 0).await?;
-        show_token(term, &issued)?;
-        let reveal_once =
-            args.reveal_once || delivery_mode(&issued.resource) == Some(DeliveryMode::RevealOnce);
-        self.warn_once(term, &issued, reveal_once)
+        Ok(())
     }
 
     /// `list`.
     pub async fn list(&self, args: &ListArgs, term: &mut Terminal<'_>) -> Result<()> {
-        let api: Api<ApiToken> = if args.all_namespaces {
-            Api::all(self.client.clone())
-        } else {
-            self.tokens()
-        };
-        let list = api.list(&ListParams::default()).await.map_err(|e| {
-            if is_not_found(&e) {
-                Error::CrdNotInstalled
-            } else {
-                self.api_error_in(e, "list", TOKENS, args.all_namespaces)
-            }
-        })?;
-        let mut items: Vec<TokenView> = list.items.iter().map(TokenView::from_token).collect();
-        items.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        let items = self.views(args.all_namespaces).await?;
         match args.output {
             Format::Table if items.is_empty() => {
                 if args.all_namespaces {
@@ -164,6 +199,31 @@ impl Session {
                 .write_all(render_document(&TokenList { items }, format)?.as_bytes())?,
         }
         Ok(())
+    }
+
+    /// The tokens of the namespace (or all), sorted by namespace then name.
+    pub async fn views(&self, all_namespaces: bool) -> Result<Vec<TokenView>> {
+        let api: Api<ApiToken> = if all_namespaces {
+            Api::all(self.client.clone())
+        } else {
+            self.tokens()
+        };
+        let list = api
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| self.list_error(e, "list", all_namespaces))?;
+        let mut items: Vec<TokenView> = list.items.iter().map(TokenView::from_token).collect();
+        items.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        Ok(items)
+    }
+
+    /// A failed list or watch of ApiTokens as the user should read it.
+    pub fn list_error(&self, e: kube::Error, verb: &'static str, all_namespaces: bool) -> Error {
+        if is_not_found(&e) {
+            Error::CrdNotInstalled
+        } else {
+            self.api_error_in(e, verb, TOKENS, all_namespaces)
+        }
     }
 
     /// `get`: the token card.
@@ -198,91 +258,95 @@ impl Session {
 
     /// `regenerate`: bump `spec.regeneration`, wait, show the new token once.
     pub async fn regenerate(&self, args: &RegenerateArgs, term: &mut Terminal<'_>) -> Result<()> {
-        let token = self.get_token(&args.name).await?;
-        let view = TokenView::from_token(&token);
-        if view.status == Phase::Revoked.as_str() || token.spec.revoked {
-            return Err(Error::Refused(format!(
-                "apitoken {:?} is revoked: revocation is permanent and a revoked token is never re-issued; create a new token",
-                args.name
-            )));
-        }
-        if let Some(when) = expired(&token, Utc::now()) {
-            return Err(Error::Refused(format!(
-                "apitoken {:?} {when}: a regenerated token would be expired too; create a new token",
-                args.name
-            )));
-        }
-        let target = self
-            .bump_regeneration(&args.name, &token, args.grace)
-            .await?;
+        let requested = self.request_regeneration(&args.name, args.grace).await?;
         writeln!(
             term.err,
-            "apitoken {:?}: regeneration {target} requested; waiting for the operator to issue the new token...",
-            args.name
+            "apitoken {:?}: regeneration {} requested; waiting for the operator to issue the new token...",
+            args.name, requested.target
         )?;
-        let issued = self.wait_for_issue(&args.name, target).await?;
+        let issued = self.wait_for_issue(&args.name, requested.target).await?;
         show_token(term, &issued)?;
-        let old = view.prefix.as_deref().unwrap_or("-");
-        match issued
-            .resource
-            .status
-            .as_ref()
-            .and_then(|s| s.previous_valid_until)
-        {
-            Some(until) if until > Utc::now() => writeln!(
+        let old = requested.old_prefix.as_deref().unwrap_or("-");
+        match previous_valid_until(&issued) {
+            Some(until) => writeln!(
                 term.err,
                 "The previous token ({old}...) keeps working until {}.",
                 rfc3339(until)
             )?,
-            _ => writeln!(term.err, "The previous token ({old}...) no longer works.")?,
+            None => writeln!(term.err, "The previous token ({old}...) no longer works.")?,
         }
-        let reveal_once = delivery_mode(&issued.resource) == Some(DeliveryMode::RevealOnce);
-        self.warn_once(term, &issued, reveal_once)
+        self.warn_once(term, &issued, issued.reveal_once())
+    }
+
+    /// The write half of `regenerate`: refuses revoked and expired tokens,
+    /// then asks for regeneration n+1. [`Session::wait_for_issue`] with the
+    /// returned target then reads the new token.
+    pub async fn request_regeneration(
+        &self,
+        name: &str,
+        grace: Option<Duration>,
+    ) -> Result<Regeneration> {
+        let token = self.get_token(name).await?;
+        if is_revoked(&token) {
+            return Err(Error::Refused(format!(
+                "apitoken {name:?} is revoked: revocation is permanent and a revoked token is never re-issued; create a new token"
+            )));
+        }
+        if let Some(when) = expired(&token, Utc::now()) {
+            return Err(Error::Refused(format!(
+                "apitoken {name:?} {when}: a regenerated token would be expired too; create a new token"
+            )));
+        }
+        let target = self.bump_regeneration(name, &token, grace).await?;
+        Ok(Regeneration {
+            target,
+            old_prefix: token.status.and_then(|s| s.prefix),
+        })
     }
 
     /// `deactivate`.
     pub async fn deactivate(&self, args: &NameArgs, term: &mut Terminal<'_>) -> Result<()> {
-        self.set_active(&args.name, false, term).await
+        self.toggle(&args.name, false, term).await
     }
 
     /// `activate`: refuses revoked and expired tokens, which it cannot revive.
     pub async fn activate(&self, args: &NameArgs, term: &mut Terminal<'_>) -> Result<()> {
-        self.set_active(&args.name, true, term).await
+        self.toggle(&args.name, true, term).await
     }
 
-    async fn set_active(&self, name: &str, active: bool, term: &mut Terminal<'_>) -> Result<()> {
+    async fn toggle(&self, name: &str, active: bool, term: &mut Terminal<'_>) -> Result<()> {
+        let changed = self.set_active(name, active).await?;
+        let text = match (active, changed) {
+            (true, false) => "is already active.",
+            (false, false) => "is already inactive.",
+            (true, true) => "activated: API calls with it are accepted again.",
+            (false, true) => {
+                "deactivated: API calls with it are rejected until you activate it again."
+            }
+        };
+        writeln!(term.out, "apitoken {name:?} {text}")?;
+        Ok(())
+    }
+
+    /// Sets `spec.active`; `Ok(false)` when it already was. Refuses what a
+    /// toggle cannot change (revoked, or activating an expired token).
+    pub async fn set_active(&self, name: &str, active: bool) -> Result<bool> {
         let token = self.get_token(name).await?;
         if let Some(why) = toggle_refusal(&token, active, Utc::now()) {
             return Err(Error::Refused(format!("apitoken {name:?} {why}")));
         }
-        let (state, done) = if active {
-            ("active", "activated: API calls with it are accepted again.")
-        } else {
-            (
-                "inactive",
-                "deactivated: API calls with it are rejected until you activate it again.",
-            )
-        };
         if token.spec.active == active {
-            writeln!(term.out, "apitoken {name:?} is already {state}.")?;
-            return Ok(());
+            return Ok(false);
         }
         // Setting a boolean is idempotent: no resourceVersion guard needed.
         self.patch_spec(name, json!({ "active": active }), None)
             .await?;
-        writeln!(term.out, "apitoken {name:?} {done}")?;
-        Ok(())
+        Ok(true)
     }
 
     /// `revoke`: permanent, so it asks first (or needs `--yes`).
     pub async fn revoke(&self, args: &RevokeArgs, term: &mut Terminal<'_>) -> Result<()> {
-        let token = self.get_token(&args.name).await?;
-        if is_revoked(&token) {
-            return Err(Error::Refused(format!(
-                "apitoken {:?} is already revoked; revocation is permanent, there is nothing to do",
-                args.name
-            )));
-        }
+        let token = self.revocable(&args.name).await?;
         if !args.yes {
             let prefix = token
                 .status
@@ -304,14 +368,53 @@ impl Session {
                 Some(true) => {}
             }
         }
-        self.patch_spec(&args.name, json!({ "revoked": true }), None)
-            .await?;
+        self.mark_revoked(&args.name).await?;
         writeln!(
             term.out,
             "apitoken {:?} revoked: it is rejected from now on, permanently.",
             args.name
         )?;
         Ok(())
+    }
+
+    /// Revokes without asking: for callers that asked the user themselves.
+    pub async fn revoke_confirmed(&self, name: &str) -> Result<()> {
+        self.revocable(name).await?;
+        self.mark_revoked(name).await
+    }
+
+    /// Deletes the ApiToken; only a revoked one, so that removing a card
+    /// never ends a working token by surprise.
+    pub async fn delete_revoked(&self, name: &str) -> Result<()> {
+        let token = self.get_token(name).await?;
+        if !is_revoked(&token) {
+            return Err(Error::Refused(format!(
+                "apitoken {name:?} is not revoked: revoke it before deleting it"
+            )));
+        }
+        match self.tokens().delete(name, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Err(Error::NotFound {
+                namespace: self.namespace.clone(),
+                name: name.to_owned(),
+            }),
+            Err(e) => Err(self.api_error(e, "delete", TOKENS)),
+        }
+    }
+
+    async fn revocable(&self, name: &str) -> Result<ApiToken> {
+        let token = self.get_token(name).await?;
+        if is_revoked(&token) {
+            return Err(Error::Refused(format!(
+                "apitoken {name:?} is already revoked; revocation is permanent, there is nothing to do"
+            )));
+        }
+        Ok(token)
+    }
+
+    async fn mark_revoked(&self, name: &str) -> Result<()> {
+        self.patch_spec(name, json!({ "revoked": true }), None)
+            .await
     }
 
     fn tokens(&self) -> Api<ApiToken> {
@@ -410,7 +513,7 @@ impl Session {
 
     /// Polls until the operator has issued `regeneration` and the delivery
     /// Secret holds that token, or `--timeout` passes.
-    async fn wait_for_issue(&self, name: &str, regeneration: i64) -> Result<Issued> {
+    pub async fn wait_for_issue(&self, name: &str, regeneration: i64) -> Result<Issued> {
         let mut last = None;
         let outcome =
             tokio::time::timeout(self.timeout, self.poll_issue(name, regeneration, &mut last))
@@ -592,6 +695,15 @@ fn show_token(term: &mut Terminal<'_>, issued: &Issued) -> Result<()> {
     writeln!(term.out, "Token:  {}", issued.token.expose())?;
     writeln!(term.out, "Prefix: {}", issued.token.display_prefix())?;
     Ok(())
+}
+
+/// Until when the previous token keeps working after a regeneration, if
+/// it still does.
+pub fn previous_valid_until(issued: &Issued) -> Option<DateTime<Utc>> {
+    let status = issued.resource.status.as_ref()?;
+    status
+        .previous_valid_until
+        .filter(|until| *until > Utc::now())
 }
 
 fn delivery_mode(token: &ApiToken) -> Option<DeliveryMode> {

@@ -1,7 +1,8 @@
 //! kubectl plugin: the product guide's token actions from the terminal.
 //!
 //! `kubectl apitoken create|list|get|copy|regenerate|deactivate|activate|revoke`
-//! work on `ApiToken` resources only; the operator does the rest. Pure parts
+//! work on `ApiToken` resources only; the operator does the rest; `ui`
+//! serves the same actions as a page ([`ui`]). Pure parts
 //! (argument parsing, expiry arithmetic, table and card rendering, OSC 52,
 //! the "has the operator issued it yet?" decision) live in their own modules
 //! and are unit-tested; [`commands`] is the thin kube shell around them and
@@ -15,6 +16,7 @@ pub mod osc52;
 pub mod parse;
 pub mod render;
 pub mod terminal;
+pub mod ui;
 
 use std::time::Duration;
 
@@ -157,6 +159,9 @@ pub enum Error {
     /// Writing to the terminal failed (e.g. a closed pipe).
     #[error("cannot write output: {0}")]
     Io(#[from] std::io::Error),
+    /// The console cannot listen or serve.
+    #[error("cannot serve the console: {0}")]
+    Serve(String),
     /// Serialising JSON/YAML output failed.
     #[error("cannot render output: {0}")]
     Render(String),
