@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: help run test test-rust test-chart images test-images test-load fmt lint generate check-generated bench e2e fuzz
+.PHONY: help run test test-rust test-chart images test-images test-load test-under-load fmt lint generate check-generated bench e2e fuzz
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -27,6 +27,14 @@ test-images: ## Build the images, then run the chart's pods with them under podm
 
 test-load: ## The operator's load measurement (ignored by `make test`, about 40 s)
 	$(CARGO) nextest run -p prodgy-operator --test load --run-ignored only --locked
+
+# The hog is also bounded by its own timeout, in case make itself is killed.
+LOAD_CPUS ?= 2
+test-under-load: ## `make test` while stress-ng keeps LOAD_CPUS (2) cores busy; the hog stops with the tests
+	@command -v stress-ng >/dev/null || { echo "test-under-load needs stress-ng (apt-get install stress-ng)"; exit 1; }
+	stress-ng --cpu $(LOAD_CPUS) --timeout 2h --quiet & hog=$$!; \
+	trap 'kill $$hog 2>/dev/null; wait $$hog 2>/dev/null' EXIT; trap 'exit 130' INT TERM; \
+	$(MAKE) test
 
 fmt: ## Format all Rust code
 	$(CARGO) fmt --all
