@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: help run test test-rust test-chart images test-load fmt lint generate check-generated bench e2e fuzz
+.PHONY: help run test test-rust test-chart images test-images test-load test-under-load fmt lint generate check-generated bench e2e fuzz test-console
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -11,7 +11,7 @@ help: ## List targets
 run: ## Build and start API + proxy locally with a fresh token (no cluster needed)
 	./hack/quickstart.sh
 
-test: test-rust test-chart ## Every test CI runs: Rust suites (SQLite + PostgreSQL when reachable) and chart checks
+test: test-rust test-chart test-images test-console ## Every test CI runs: Rust suites (SQLite + PostgreSQL when reachable), chart checks, the images under podman, the console in Chromium
 
 test-rust: ## Rust unit, component and cross-component tests
 	$(CARGO) nextest run --workspace --locked --no-fail-fast
@@ -22,8 +22,25 @@ test-chart: ## helm lint/template + offline manifest validation + policy asserti
 images: ## Build the three images with buildah from host release binaries: target/images/*.tar (OCI)
 	./hack/images.sh
 
+test-images: ## Build the images, then run the chart's pods with them under podman (skips where containers cannot run)
+	./hack/test-images.sh
+
+test-console: ## Browser tests of `kubectl apitoken ui` in Debian's Chromium (npm playwright-core, about 30 s)
+	$(CARGO) build -q --locked -p prodgy-operator -p prodgy-proxy -p prodgy-api
+	$(CARGO) build -q --locked -p kubectl-apitoken --example console_stack
+	cd cli/ui/tests && npm ci --no-audit --no-fund --silent
+	cd cli/ui/tests && PRODGY_BIN_DIR=$(CURDIR)/target/debug npm test
+
 test-load: ## The operator's load measurement (ignored by `make test`, about 40 s)
 	$(CARGO) nextest run -p prodgy-operator --test load --run-ignored only --locked
+
+# The hog is also bounded by its own timeout, in case make itself is killed.
+LOAD_CPUS ?= 2
+test-under-load: ## `make test` while stress-ng keeps LOAD_CPUS (2) cores busy; the hog stops with the tests
+	@command -v stress-ng >/dev/null || { echo "test-under-load needs stress-ng (apt-get install stress-ng)"; exit 1; }
+	stress-ng --cpu $(LOAD_CPUS) --timeout 2h --quiet & hog=$$!; \
+	trap 'kill $$hog 2>/dev/null; wait $$hog 2>/dev/null' EXIT; trap 'exit 130' INT TERM; \
+	$(MAKE) test
 
 fmt: ## Format all Rust code
 	$(CARGO) fmt --all

@@ -274,7 +274,8 @@ def check_restricted(r, errors):
             seccomp = sc.get("seccompProfile", psc.get("seccompProfile", {}))
             if seccomp.get("type") not in ("RuntimeDefault", "Localhost"):
                 errors.append(f"{where}: seccompProfile is not RuntimeDefault")
-            for probe in ("readinessProbe", "livenessProbe"):
+            # A Job's container runs to completion: nothing to probe.
+            for probe in () if w["kind"] == "Job" else ("readinessProbe", "livenessProbe"):
                 if probe not in c:
                     errors.append(f"{where}: no {probe}")
             if not c.get("resources", {}).get("requests"):
@@ -350,6 +351,48 @@ def check_monitoring(r, errors):
                 errors.append(f"ServiceMonitor {name(sm)} scrapes missing port {ep['port']}")
 
 
+def check_release_hook(r, errors):
+    """helm uninstall runs `prodgy-operator release` after the operator is
+    gone, with RBAC of its own (the operator's is deleted by then) that can
+    let every ApiToken go and delete the hashed Secrets."""
+    jobs = [j for j in of_kind(r.objs, "Job")
+            if "release" in (j["spec"]["template"]["spec"]["containers"][0].get("args") or [])]
+    if len(jobs) != 1:
+        errors.append(f"{len(jobs)} Jobs run `prodgy-operator release`, want 1")
+        return
+    job = jobs[0]
+    if job["metadata"].get("annotations", {}).get("helm.sh/hook") != "post-delete":
+        errors.append(f"Job {name(job)} is not a post-delete hook")
+    pod = job["spec"]["template"]["spec"]
+    sa = pod.get("serviceAccountName", "default")
+    op_sa = r.operator["spec"]["template"]["spec"].get("serviceAccountName")
+    if sa == op_sa:
+        errors.append(f"Job {name(job)} uses the operator's ServiceAccount, deleted before it runs")
+    for o in r.objs:
+        if o["kind"] == "ServiceAccount" and name(o) == sa:
+            if o["metadata"].get("annotations", {}).get("helm.sh/hook") != "post-delete":
+                errors.append(f"ServiceAccount {sa} of the release Job is not a hook")
+    args = pod["containers"][0].get("args") or []
+    op_args = r.operator["spec"]["template"]["spec"]["containers"][0].get("args") or []
+    for f in ("hashed-secret-namespace", "namespaces", "leader-election", "lease-name"):
+        if flag(args, f) != flag(op_args, f):
+            errors.append(f"release Job --{f}={flag(args, f)}, operator --{f}={flag(op_args, f)}")
+    rules = bound_rules(r.objs, sa, r.release_ns)
+    for b, _, rs in rules:
+        if b["metadata"].get("annotations", {}).get("helm.sh/hook") != "post-delete":
+            errors.append(f"{b['kind']} {name(b)} of the release Job is not a hook")
+
+    def may(ns, group, resource, verb):
+        return any((bns is None or bns == ns) and touches(rule, group, resource)
+                   and verb in rule.get("verbs", []) for _, bns, rs in rules for rule in rs)
+    watched = (flag(op_args, "namespaces") or "").split(",")
+    for ns in watched:
+        if not may(ns or "any", "prodgy.io", "apitokens", "patch"):
+            errors.append(f"release Job may not patch ApiTokens in {ns or 'every namespace'}")
+    if not may(r.tokens_ns, "", "secrets", "delete"):
+        errors.append(f"release Job may not delete hashed Secrets in {r.tokens_ns}")
+
+
 def check_objects(objs):
     errors = []
     try:
@@ -357,7 +400,7 @@ def check_objects(objs):
     except StopIteration:
         return ["rendering lacks the API or operator Deployment or a container"]
     for f in (check_proxy_rbac, check_ingress, check_api_loopback, check_restricted,
-              check_operator, check_monitoring):
+              check_operator, check_monitoring, check_release_hook):
         f(r, errors)
     return errors
 
@@ -434,7 +477,19 @@ def mutations():
         d["spec"]["template"]["spec"]["containers"][0]["env"] = [
             e for e in env if e["name"] != "POD_NAMESPACE"]
 
-    return [add_get, proxy_role_elsewhere, proxy_cluster_binding, ingress_to_metrics,
+    def release_not_a_hook(objs):
+        job = next(o for o in objs if o["kind"] == "Job")
+        del job["metadata"]["annotations"]["helm.sh/hook"]
+
+    def release_cannot_delete_hashed(objs):
+        job = next(o for o in objs if o["kind"] == "Job")
+        sa = job["spec"]["template"]["spec"]["serviceAccountName"]
+        objs[:] = [o for o in objs if not (o["kind"] == "RoleBinding"
+                   and any(s.get("name") == sa for s in o.get("subjects", []))
+                   and o["metadata"]["namespace"] != job["metadata"]["namespace"]
+                   and o["metadata"]["namespace"].endswith("tokens"))]
+
+    return [release_not_a_hook, release_cannot_delete_hashed, add_get, proxy_role_elsewhere, proxy_cluster_binding, ingress_to_metrics,
             api_on_all_interfaces, writable_root, keeps_capabilities, token_in_api,
             no_lease_namespace]
 

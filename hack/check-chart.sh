@@ -7,7 +7,8 @@
 #   4. kubernetes-validate --strict over every rendered object it has a schema
 #      for (custom resources such as ServiceMonitor are named and skipped);
 #   5. hack/chart_policy.py: proxy RBAC, Ingress target, loopback API,
-#      restricted pods, leader election, monitoring wiring, documented values,
+#      restricted pods, leader election, monitoring wiring, the uninstall
+#      hook, documented values,
 #      example ApiTokens; and a self-test proving those checks can fail;
 #   6. promtool: the rendered PrometheusRule parses (`check rules`) and its
 #      alerts pass their unit tests (hack/alerts.test.yaml, `test rules`);

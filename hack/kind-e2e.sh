@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# kind end-to-end suite: creates a kind cluster, builds and loads the three
-# images, installs ingress-nginx and the chart, then runs the Rust suite
+# kind end-to-end suite: creates a kind cluster, loads the three images that
+# `make images` builds (target/images/*.tar, built first unless SKIP_BUILD=1),
+# installs ingress-nginx and the chart, then runs the Rust suite
 # (tests/tests/kind_e2e.rs) against the ingress. On failure it dumps the
 # cluster's state to target/kind-e2e/state/ and prints the essentials. The
 # cluster is deleted at the end unless --keep (or KEEP_CLUSTER=1).
@@ -10,10 +11,12 @@
 # Environment: KIND_CLUSTER (default prodgy-e2e), E2E_HTTP_PORT (host port of
 # the ingress, default 18080), INGRESS_NGINX_VERSION (default
 # controller-v1.12.1), KIND_NODE_IMAGE (optional kindest/node image),
-# KEEP_CLUSTER=1, SKIP_BUILD=1 (reuse prodgy/*:e2e images already loaded).
+# KEEP_CLUSTER=1, SKIP_BUILD=1 (load target/images/*.tar as they are),
+# KIND_EXPERIMENTAL_PROVIDER=podman (kind's podman provider; chosen by itself
+# when podman is there and no Docker engine runs).
 #
-# Without a Docker engine or kind it prints how to run it and exits 0, so
-# `make e2e` is harmless on machines that cannot run it.
+# Without kind, or without a running Docker engine or podman, it prints how
+# to run it and exits 0, so `make e2e` is harmless on machines that cannot.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,13 +32,24 @@ work=$PWD/target/kind-e2e
 for arg in "$@"; do
   case $arg in
     --keep) keep=1 ;;
-    -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "error: unknown argument $arg (try --help)" >&2; exit 2 ;;
   esac
 done
 
-if ! command -v kind >/dev/null 2>&1 || ! docker info >/dev/null 2>&1; then
-  echo "kind e2e skipped: it needs a running Docker engine and kind on PATH; with both, run hack/kind-e2e.sh (add --keep to keep the cluster)"
+# The engine kind runs its nodes on: Docker when its engine answers, else
+# podman (kind's podman provider).
+engine=
+if [ "${KIND_EXPERIMENTAL_PROVIDER:-}" = podman ]; then
+  command -v podman >/dev/null 2>&1 && engine=podman
+elif docker info >/dev/null 2>&1; then
+  engine=docker
+elif command -v podman >/dev/null 2>&1 && podman info >/dev/null 2>&1; then
+  engine=podman
+  export KIND_EXPERIMENTAL_PROVIDER=podman
+fi
+if ! command -v kind >/dev/null 2>&1 || [ -z "$engine" ]; then
+  echo "kind e2e skipped: it needs kind on PATH and a running Docker engine or podman; with them, run hack/kind-e2e.sh (add --keep to keep the cluster)"
   exit 0
 fi
 command -v kubectl >/dev/null || { echo "error: kubectl is not on PATH" >&2; exit 1; }
@@ -117,13 +131,22 @@ nodes:
 EOF
 fi
 
-step "images"
+step "images ($engine)"
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  for component in operator proxy api; do
-    docker build -f docker/Dockerfile --target "$component" -t "prodgy/$component:e2e" .
-  done
+  hack/images.sh
 fi
-kind load docker-image --name "$cluster" prodgy/operator:e2e prodgy/proxy:e2e prodgy/api:e2e
+# make images writes OCI archives named as the chart's defaults expect
+# (docker.io/prodgy/<component>:<appVersion>); the nodes' containerd takes a
+# docker-archive, so each is loaded into the engine and saved as one.
+tag=$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' charts/prodgy/Chart.yaml)
+for component in operator proxy api; do
+  archive=target/images/$component.tar
+  [ -s "$archive" ] || { echo "error: no $archive; run make images" >&2; exit 1; }
+  name=docker.io/prodgy/$component:$tag
+  "$engine" load -i "$archive" >/dev/null
+  "$engine" save -o "$work/$component-docker.tar" "$name"
+  kind load image-archive --name "$cluster" "$work/$component-docker.tar"
+done
 
 step "ingress-nginx $ingress_version"
 kubectl apply -f "https://raw.githubusercontent.com/kubernetes/ingress-nginx/$ingress_version/deploy/static/provider/kind/deploy.yaml"
@@ -133,7 +156,9 @@ kubectl -n ingress-nginx wait --for=condition=complete job --all --timeout=120s
 
 step "chart"
 "$helm" upgrade --install "$release" charts/prodgy --namespace "$namespace" --create-namespace \
-  -f charts/prodgy/ci/kind-values.yaml --wait --timeout 5m
+  -f charts/prodgy/ci/kind-values.yaml \
+  --set "operator.image.tag=$tag" --set "api.image.tag=$tag" --set "proxy.image.tag=$tag" \
+  --wait --timeout 5m
 kubectl -n "$namespace" get pods -o wide
 
 step "ingress answers"

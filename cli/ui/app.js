@@ -352,6 +352,7 @@ function setUpCreate() {
   }));
   $('#create').addEventListener('click', () => {
     form.reset();
+    form.querySelector('details').open = false;
     form.elements.product.value = state.product;
     open(dialog, form.elements.name);
   });

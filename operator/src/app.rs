@@ -13,7 +13,7 @@ use crate::{
     config::{Cli, Command, Config},
     controller, lease,
     metrics::{self, Metrics},
-    offline, telemetry,
+    offline, release, telemetry,
 };
 
 /// A running operator.
@@ -99,12 +99,22 @@ pub async fn start(client: Client, cfg: Config) -> Result<Running> {
 
 /// The binary's body: `issue-offline`, or the operator until SIGTERM/SIGINT.
 pub async fn run_cli(cli: Cli) -> Result<()> {
-    if let Some(Command::IssueOffline(args)) = &cli.command {
-        return offline::run(
-            args,
-            &mut std::io::stdout().lock(),
-            &mut std::io::stderr().lock(),
-        );
+    match &cli.command {
+        Some(Command::IssueOffline(args)) => {
+            return offline::run(
+                args,
+                &mut std::io::stdout().lock(),
+                &mut std::io::stderr().lock(),
+            );
+        }
+        Some(Command::Release(args)) => {
+            let cfg = cli.run.validate()?;
+            telemetry::init(cfg.log_format);
+            let client = Client::try_default().await?;
+            release::run(client, &cfg, args.wait).await?;
+            return Ok(());
+        }
+        None => {}
     }
     let cfg = cli.run.validate()?;
     telemetry::init(cfg.log_format);

@@ -27,6 +27,23 @@ pub enum Command {
     /// Issue a token without a cluster: print the plaintext once and write a
     /// hashed record the proxy's file source can read.
     IssueOffline(IssueOfflineArgs),
+    /// Once the operator is stopped (helm uninstall's post-delete hook): delete
+    /// every hashed Secret and remove the cleanup finalizer from every
+    /// ApiToken. Reads the operator's own flags (namespaces, tokens
+    /// namespace, Lease).
+    Release(ReleaseArgs),
+}
+
+/// Flags of `release`.
+#[derive(Debug, Clone, Args)]
+pub struct ReleaseArgs {
+    /// How long to wait for the operator's replicas to give up the Lease.
+    #[arg(long, default_value = "2m", value_parser = humantime_secs)]
+    pub wait: Duration,
+}
+
+fn humantime_secs(s: &str) -> std::result::Result<Duration, String> {
+    prodgy_crds::duration::parse(s).map_err(|e| e.to_string())
 }
 
 /// Flags of `issue-offline`.
@@ -445,7 +462,27 @@ mod tests {
                 assert_eq!(a.token_prefix, "acme");
                 assert_eq!(a.out_dir, PathBuf::from("out"));
             }
-            None => panic!("no subcommand"),
+            other => panic!("parsed as {other:?}"),
         }
+    }
+
+    #[test]
+    fn release_reads_the_operators_flags_and_its_wait() {
+        let cli = Cli::try_parse_from([
+            "prodgy-operator",
+            "--hashed-secret-namespace",
+            "vault",
+            "--leader-election=false",
+            "release",
+            "--wait",
+            "30s",
+        ])
+        .unwrap();
+        match cli.command {
+            Some(Command::Release(a)) => assert_eq!(a.wait, Duration::from_secs(30)),
+            other => panic!("parsed as {other:?}"),
+        }
+        assert_eq!(cli.run.validate().unwrap().plan.hashed_namespace, "vault");
+        assert!(Cli::try_parse_from(["prodgy-operator", "release", "--wait", "soon"]).is_err());
     }
 }

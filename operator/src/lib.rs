@@ -8,6 +8,7 @@
 //! * [`lease`] elects one leader among replicas;
 //! * [`metrics`] serves `/metrics`, `/healthz` and `/readyz`;
 //! * [`offline`] issues a token into a file, for the no-cluster quickstart;
+//! * [`release`] lets every ApiToken go when the chart is uninstalled;
 //! * [`config`] turns flags into one validated [`config::Config`];
 //! * [`app`] wires it all into a process.
 
@@ -19,6 +20,7 @@ pub mod lease;
 pub mod metrics;
 pub mod offline;
 pub mod plan;
+pub mod release;
 pub mod telemetry;
 pub mod usage;
 

@@ -8,13 +8,14 @@
 //! tokens cannot grow the label set.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use prodgy_crds::RouteGroup;
 
 use crate::auth::Reason;
-use crate::cells::{Cells, RequestCounts, STATUS_CLASSES, group_index, status_class};
+use crate::cells::{Cells, RequestCounts, STATUS_CLASSES, TokenCell, group_index, status_class};
 use crate::index::Index;
 
 /// Upper bounds of the latency histogram, in seconds.
@@ -196,10 +197,21 @@ impl Metrics {
     /// Renders every metric in the Prometheus text format.
     pub fn render(&self, index: &Index, cells: &Cells, now_ms: i64) -> String {
         let mut out = String::with_capacity(8 * 1024);
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let all = cells.snapshot();
+        self.render_requests(&mut out, &all);
+        render_token_usage(&mut out, &all);
+        self.render_refusals(&mut out);
+        self.render_latency(&mut out);
+        self.render_index(&mut out, index, now_ms);
+        self.render_reports(&mut out);
+        out
+    }
 
+    /// Requests by token, product, route group and status class.
+    fn render_requests(&self, out: &mut String, all: &[Arc<TokenCell>]) {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         header(
-            &mut out,
+            out,
             "prodgy_proxy_requests_total",
             "counter",
             "Requests by token, product, route group and status class (empty token labels: no known token).",
@@ -216,8 +228,7 @@ impl Metrics {
                 }
             }
         }
-        let all = cells.snapshot();
-        for cell in &all {
+        for cell in all {
             for (g, group) in RouteGroup::ALL.iter().enumerate() {
                 for (c, class) in CLASS_LABELS.iter().enumerate() {
                     let v = load(&cell.requests()[g][c]);
@@ -234,42 +245,13 @@ impl Metrics {
                 }
             }
         }
+    }
 
+    /// Refusals by reason and upstream failures by kind.
+    fn render_refusals(&self, out: &mut String) {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         header(
-            &mut out,
-            "prodgy_proxy_token_accepted_requests_total",
-            "counter",
-            "Requests forwarded upstream per token since this process started (the usage reported to the operator).",
-        );
-        header(
-            &mut out,
-            "prodgy_proxy_token_last_used_timestamp_seconds",
-            "gauge",
-            "Last forwarded request per token, unix seconds.",
-        );
-        for cell in &all {
-            let (count, last) = cell.usage();
-            if count > 0 {
-                let labels = format!(
-                    "namespace=\"{}\",name=\"{}\",product=\"{}\"",
-                    esc(cell.namespace()),
-                    esc(cell.name()),
-                    esc(cell.product().name())
-                );
-                let _ = writeln!(
-                    out,
-                    "prodgy_proxy_token_accepted_requests_total{{{labels}}} {count}"
-                );
-                let _ = writeln!(
-                    out,
-                    "prodgy_proxy_token_last_used_timestamp_seconds{{{labels}}} {}",
-                    last as f64 / 1000.0
-                );
-            }
-        }
-
-        header(
-            &mut out,
+            out,
             "prodgy_proxy_auth_failures_total",
             "counter",
             "Refused requests by reason.",
@@ -284,7 +266,26 @@ impl Metrics {
         }
 
         header(
-            &mut out,
+            out,
+            "prodgy_proxy_upstream_errors_total",
+            "counter",
+            "Failures talking to the upstream, by kind.",
+        );
+        for k in UpstreamError::ALL {
+            let v = self.sum(|s| load(&s.upstream[k as usize]));
+            let _ = writeln!(
+                out,
+                "prodgy_proxy_upstream_errors_total{{kind=\"{}\"}} {v}",
+                k.label()
+            );
+        }
+    }
+
+    /// The latency histogram, by outcome.
+    fn render_latency(&self, out: &mut String) {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        header(
+            out,
             "prodgy_proxy_request_duration_seconds",
             "histogram",
             "Time from request header to end of response, by outcome.",
@@ -313,49 +314,53 @@ impl Metrics {
                 "prodgy_proxy_request_duration_seconds_count{{outcome=\"{label}\"}} {count}"
             );
         }
+    }
 
-        header(
-            &mut out,
-            "prodgy_proxy_upstream_errors_total",
-            "counter",
-            "Failures talking to the upstream, by kind.",
+    /// The usage reports written and failed.
+    fn render_reports(&self, out: &mut String) {
+        counter(
+            out,
+            "prodgy_proxy_usage_reports_written_total",
+            "UsageReport objects written.",
+            self.reports_written.load(Ordering::Relaxed),
         );
-        for k in UpstreamError::ALL {
-            let v = self.sum(|s| load(&s.upstream[k as usize]));
-            let _ = writeln!(
-                out,
-                "prodgy_proxy_upstream_errors_total{{kind=\"{}\"}} {v}",
-                k.label()
-            );
-        }
+        counter(
+            out,
+            "prodgy_proxy_usage_report_errors_total",
+            "Failed UsageReport writes.",
+            self.report_errors.load(Ordering::Relaxed),
+        );
+    }
 
+    /// In-flight requests and the index.
+    fn render_index(&self, out: &mut String, index: &Index, now_ms: i64) {
         gauge(
-            &mut out,
+            out,
             "prodgy_proxy_in_flight_requests",
             "Requests being handled.",
             in_flight() as f64,
         );
         gauge(
-            &mut out,
+            out,
             "prodgy_proxy_tokens_loaded",
             "Tokens in the index.",
             index.records() as f64,
         );
         gauge(
-            &mut out,
+            out,
             "prodgy_proxy_token_digests_loaded",
             "Accepted digests in the index (current and superseded in grace).",
             index.digests() as f64,
         );
         gauge(
-            &mut out,
+            out,
             "prodgy_proxy_index_ready",
             "1 once the first full sync of the token source completed.",
             f64::from(u8::from(index.sync.ready())),
         );
         let last = index.sync.last_sync_ms();
         gauge(
-            &mut out,
+            out,
             "prodgy_proxy_index_last_sync_timestamp_seconds",
             "Last time the index was known to match its source, unix seconds (0: never).",
             last.unwrap_or(0) as f64 / 1000.0,
@@ -365,49 +370,72 @@ impl Metrics {
             .staleness_secs(now_ms)
             .unwrap_or((now_ms - self.started_ms).max(0) as f64 / 1000.0);
         gauge(
-            &mut out,
+            out,
             "prodgy_proxy_index_staleness_seconds",
             "Seconds since the index was last known to match its source (since start when never synced).",
             stale,
         );
         let (invalid_total, invalid_now, source_errors, full_syncs) = index.sync.counters();
         counter(
-            &mut out,
+            out,
             "prodgy_proxy_index_invalid_records_total",
             "Records skipped as invalid.",
             invalid_total,
         );
         gauge(
-            &mut out,
+            out,
             "prodgy_proxy_index_invalid_records",
             "Source objects currently skipped as invalid.",
             invalid_now as f64,
         );
         counter(
-            &mut out,
+            out,
             "prodgy_proxy_index_source_errors_total",
             "Failed reads of the token source (watch errors, unreadable files).",
             source_errors,
         );
         counter(
-            &mut out,
+            out,
             "prodgy_proxy_index_full_syncs_total",
             "Complete loads of the token source (first sync, relists, file reloads).",
             full_syncs,
         );
-        counter(
-            &mut out,
-            "prodgy_proxy_usage_reports_written_total",
-            "UsageReport objects written.",
-            self.reports_written.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "prodgy_proxy_usage_report_errors_total",
-            "Failed UsageReport writes.",
-            self.report_errors.load(Ordering::Relaxed),
-        );
-        out
+    }
+}
+
+/// Per-token usage: accepted requests and last use.
+fn render_token_usage(out: &mut String, all: &[Arc<TokenCell>]) {
+    header(
+        out,
+        "prodgy_proxy_token_accepted_requests_total",
+        "counter",
+        "Requests forwarded upstream per token since this process started (the usage reported to the operator).",
+    );
+    header(
+        out,
+        "prodgy_proxy_token_last_used_timestamp_seconds",
+        "gauge",
+        "Last forwarded request per token, unix seconds.",
+    );
+    for cell in all {
+        let (count, last) = cell.usage();
+        if count > 0 {
+            let labels = format!(
+                "namespace=\"{}\",name=\"{}\",product=\"{}\"",
+                esc(cell.namespace()),
+                esc(cell.name()),
+                esc(cell.product().name())
+            );
+            let _ = writeln!(
+                out,
+                "prodgy_proxy_token_accepted_requests_total{{{labels}}} {count}"
+            );
+            let _ = writeln!(
+                out,
+                "prodgy_proxy_token_last_used_timestamp_seconds{{{labels}}} {}",
+                last as f64 / 1000.0
+            );
+        }
     }
 }
 
@@ -443,7 +471,7 @@ mod tests {
 
     #[test]
     fn counts_from_every_thread_are_summed_and_rendered() {
-        let m = std::sync::Arc::new(Metrics::default());
+        let m = Arc::new(Metrics::default());
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 let m = m.clone();

@@ -53,16 +53,25 @@ async fn kube_client() -> kube::Client {
 }
 
 async fn flush(reporter: &mut Reporter, api: &Api<UsageReport>, state: &State) {
-    match reporter.flush(api, &state.cells.snapshot()).await {
-        Ok(n) => {
+    let limit = reporter.write_limit();
+    let cells = state.cells.snapshot();
+    match tokio::time::timeout(limit, reporter.flush(api, &cells)).await {
+        Ok(Ok(n)) => {
             for _ in 0..n {
                 state.metrics.report_written(true);
             }
             tracing::debug!(reports = n, "usage reports written");
         }
-        Err(e) => {
+        Ok(Err(e)) => {
             state.metrics.report_written(false);
             tracing::warn!(error = %e, "writing usage reports failed; counts are kept and retried");
+        }
+        Err(_) => {
+            state.metrics.report_written(false);
+            tracing::warn!(
+                limit_ms = limit.as_millis() as u64,
+                "usage report write not answered in time; it may have landed, counts are kept and retried"
+            );
         }
     }
 }
@@ -118,12 +127,19 @@ impl Control {
                 .as_ref()
                 .map_or(Duration::from_secs(3600), |(_, _, i)| *i),
         );
+        // After a slow flush, wait a full interval rather than catch up.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         while !*shutdown.borrow() {
             tokio::select! {
                 _ = tick.tick() => {
                     if let Some((rep, api, _)) = reporter.as_mut() {
-                        flush(rep, api, &self.state).await;
+                        // SIGTERM does not wait for a slow API: the final
+                        // flush below writes the same counts.
+                        tokio::select! {
+                            () = flush(rep, api, &self.state) => {}
+                            _ = shutdown.changed() => {}
+                        }
                     }
                 }
                 _ = shutdown.changed() => {}

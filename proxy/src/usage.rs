@@ -9,9 +9,9 @@
 //! interval, even when idle: its `updatedAt` is the heartbeat that tells the
 //! operator the epoch is still alive.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -42,9 +42,14 @@ pub fn new_epoch() -> Result<String> {
 /// Counts in a report are those of its epoch: the process-wide total minus
 /// what earlier epochs of this process already reported. A new epoch starts
 /// when a report this epoch had written is gone (the operator retired it
-/// while the proxy could not write) and before writing after a gap longer
-/// than `rotate_after` (the operator may be retiring it right now), so
-/// counts the operator folded are never reported again.
+/// while the proxy could not write), and when the epoch's reports on the
+/// server are older than `rotate_after` (the operator may be retiring them
+/// right now), so counts the operator folded are never reported again.
+///
+/// A write whose answer did not come (a timeout, a cut connection) may have
+/// landed, so a long gap without acknowledged writes is settled by reading
+/// the reports back ([`Self::confirm`]), never by presuming them lost: what
+/// they hold is acknowledged, and while they are fresh the epoch goes on.
 #[derive(Debug)]
 pub struct Reporter {
     replica: String,
@@ -56,8 +61,10 @@ pub struct Reporter {
     /// Per token: the process-wide count the last acknowledged write of
     /// this epoch carried.
     acked: HashMap<Box<str>, u64>,
-    /// When a flush last succeeded entirely.
-    last_ok: Option<Instant>,
+    /// The `updatedAt` every report of this epoch is known to have at
+    /// least (the epoch's start before any write): the operator retires
+    /// reports by this time, so the proxy judges staleness by it too.
+    confirmed: DateTime<Utc>,
 }
 
 impl Reporter {
@@ -71,7 +78,7 @@ impl Reporter {
             shards: HashMap::new(),
             base: HashMap::new(),
             acked: HashMap::new(),
-            last_ok: None,
+            confirmed: Utc::now(),
         }
     }
 
@@ -88,13 +95,78 @@ impl Reporter {
         }
         self.epoch = epoch;
         self.shards.clear();
+        self.confirmed = Utc::now();
     }
 
-    /// Whether the gap since the last successful flush calls for a new
-    /// epoch before writing (pure).
-    pub fn stale(&self, now: Instant) -> bool {
-        self.last_ok
-            .is_some_and(|t| now.saturating_duration_since(t) > self.rotate_after)
+    /// How long one flush may wait for the API server. A flush still
+    /// unanswered then is given up, so one stuck request never stops the
+    /// heartbeat; what it sent may still land, which [`Self::confirm`]
+    /// settles within the other half of the rotation window.
+    pub fn write_limit(&self) -> Duration {
+        self.rotate_after / 2
+    }
+
+    /// Whether the epoch's reports may be older than `rotate_after` on the
+    /// server, so they must be read back before writing (pure).
+    pub fn stale(&self, now: DateTime<Utc>) -> bool {
+        (now - self.confirmed)
+            .to_std()
+            .is_ok_and(|gap| gap > self.rotate_after)
+    }
+
+    /// What reading back this epoch's reports decides: `found` holds the
+    /// `updatedAt` of each shard found, and whether some were missing.
+    /// `Some(time)`: the epoch goes on, its reports confirmed up to `time`;
+    /// `None`: start a new epoch (pure).
+    fn settle(
+        &self,
+        now: DateTime<Utc>,
+        found: &[DateTime<Utc>],
+        missing: bool,
+    ) -> Option<DateTime<Utc>> {
+        let oldest = found.iter().min().copied().unwrap_or(now);
+        let fresh = (now - oldest)
+            .to_std()
+            .map_or(true, |age| age <= self.rotate_after);
+        (fresh && !missing).then_some(oldest)
+    }
+
+    /// Reads this epoch's reports back after a long gap: what they hold is
+    /// acknowledged; an old or missing one starts a new epoch.
+    async fn confirm(&mut self, api: &Api<UsageReport>, now: DateTime<Utc>) -> Result<()> {
+        tracing::info!(
+            epoch = %self.epoch,
+            "usage reports unconfirmed for too long; reading them back"
+        );
+        let shards: BTreeSet<u32> = self.shards.values().copied().collect();
+        let (mut found, mut missing) = (Vec::new(), false);
+        for shard in shards {
+            let name = report_name(&self.replica, &self.epoch, shard);
+            match api
+                .get_opt(&name)
+                .await
+                .map_err(|e| Error::Kube(e.to_string()))?
+            {
+                Some(r) if r.spec.epoch == self.epoch => {
+                    self.ack(&r);
+                    found.push(r.spec.updated_at);
+                }
+                _ => missing = true,
+            }
+        }
+        match self.settle(now, &found, missing) {
+            Some(t) => self.confirmed = t,
+            None => {
+                let epoch = new_epoch()?;
+                tracing::info!(
+                    old = %self.epoch,
+                    new = %epoch,
+                    "usage reports not written for too long; starting a new epoch"
+                );
+                self.rotate(epoch);
+            }
+        }
+        Ok(())
     }
 
     /// Records that `report` is on the API server.
@@ -177,53 +249,52 @@ impl Reporter {
         api: &Api<UsageReport>,
         cells: &[Arc<TokenCell>],
     ) -> Result<usize> {
-        if self.stale(Instant::now()) {
-            let epoch = new_epoch()?;
-            tracing::info!(
-                old = %self.epoch,
-                new = %epoch,
-                "no usage report written for too long; starting a new epoch"
-            );
-            self.rotate(epoch);
+        let now = Utc::now();
+        if self.stale(now) {
+            self.confirm(api, now).await?;
         }
-        let reports = self.build(cells, Utc::now());
-        let mut written = 0;
+        let reports = self.build(cells, now);
         for r in &reports {
-            let name = r.metadata.name.clone().unwrap_or_default();
-            let patch = serde_json::json!({
-                "metadata": {"labels": r.metadata.labels},
-                "spec": r.spec,
-            });
-            let res = api
-                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await;
-            match res {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 && self.was_written(r.spec.shard) => {
-                    let epoch = new_epoch()?;
-                    self.rotate(epoch);
-                    return Err(Error::Kube(format!(
-                        "usage report {name} was retired while in use; its counts go out in epoch {}",
-                        self.epoch
-                    )));
-                }
-                Err(kube::Error::Api(s)) if s.code == 404 => {
-                    api.create(&PostParams::default(), r)
-                        .await
-                        .map_err(|e| Error::Kube(e.to_string()))?;
-                }
-                Err(e) => return Err(Error::Kube(e.to_string())),
-            }
+            self.write(api, r).await?;
             self.ack(r);
-            written += 1;
         }
-        self.last_ok = Some(Instant::now());
-        Ok(written)
+        self.confirmed = now;
+        Ok(reports.len())
+    }
+
+    /// Writes one report (no acknowledgement).
+    async fn write(&mut self, api: &Api<UsageReport>, r: &UsageReport) -> Result<()> {
+        let name = r.metadata.name.clone().unwrap_or_default();
+        let patch = serde_json::json!({
+            "metadata": {"labels": r.metadata.labels},
+            "spec": r.spec,
+        });
+        match api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 && self.was_written(r.spec.shard) => {
+                let epoch = new_epoch()?;
+                self.rotate(epoch);
+                Err(Error::Kube(format!(
+                    "usage report {name} was retired while in use; its counts go out in epoch {}",
+                    self.epoch
+                )))
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => api
+                .create(&PostParams::default(), r)
+                .await
+                .map(drop)
+                .map_err(|e| Error::Kube(e.to_string())),
+            Err(e) => Err(Error::Kube(e.to_string())),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use chrono::TimeDelta;
     use prodgy_crds::{HashedRecord, Token};
 
     use super::*;
@@ -345,11 +416,31 @@ mod tests {
     #[test]
     fn a_gap_longer_than_the_rotation_window_is_stale() {
         let mut rep = Reporter::new("p".into(), "e".into(), Duration::from_secs(60));
-        let t = Instant::now();
-        assert!(!rep.stale(t + Duration::from_secs(3600)), "never written");
-        rep.last_ok = Some(t);
-        assert!(!rep.stale(t + Duration::from_secs(60)));
-        assert!(rep.stale(t + Duration::from_secs(61)));
+        let t = Utc::now();
+        rep.confirmed = t;
+        assert!(!rep.stale(t + TimeDelta::seconds(60)));
+        assert!(rep.stale(t + TimeDelta::seconds(61)));
+        assert!(!rep.stale(t - TimeDelta::seconds(5)), "a clock step back");
+    }
+
+    #[test]
+    fn reports_read_back_keep_the_epoch_only_when_all_are_there_and_fresh() {
+        let rep = Reporter::new("p".into(), "e".into(), Duration::from_secs(60));
+        let now = Utc::now();
+        let (fresh, older) = (now - TimeDelta::seconds(10), now - TimeDelta::seconds(30));
+        assert_eq!(rep.settle(now, &[fresh, older], false), Some(older));
+        assert_eq!(
+            rep.settle(now, &[], false),
+            Some(now),
+            "nothing written yet"
+        );
+        assert_eq!(rep.settle(now, &[fresh], true), None, "one is gone");
+        let old = now - TimeDelta::seconds(61);
+        assert_eq!(
+            rep.settle(now, &[fresh, old], false),
+            None,
+            "may be retiring"
+        );
     }
 
     fn count(reports: &[UsageReport], uid: &str) -> i64 {

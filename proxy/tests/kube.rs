@@ -14,7 +14,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use prodgy_crds::{HashEntry, RecordState, Token, UsageReport};
-use prodgy_kube_fake::FakeApiServer;
+use prodgy_kube_fake::{FakeApiServer, WriteFault};
 use support::*;
 
 const NS: &str = "prodgy-tokens";
@@ -91,12 +91,30 @@ async fn propagation(
     auth: &str,
     want: &str,
 ) -> Duration {
+    propagation_counted(c, p, record, auth, want).await.0
+}
+
+/// [`propagation`], also returning how many of the polling requests the
+/// proxy accepted before the change reached it: those are usage too.
+async fn propagation_counted(
+    c: &Cluster,
+    p: &Proxy,
+    record: &prodgy_crds::HashedRecord,
+    auth: &str,
+    want: &str,
+) -> (Duration, i64) {
     c.apply(record).await;
-    eventually(Duration::from_secs(5), || async {
-        code(p, auth).await == want
+    let accepted = std::sync::atomic::AtomicI64::new(0);
+    let took = eventually(Duration::from_secs(5), || async {
+        let got = code(p, auth).await;
+        if got == "ok" {
+            accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        got == want
     })
     .await
-    .unwrap_or_else(|| panic!("{want} never seen"))
+    .unwrap_or_else(|| panic!("{want} never seen"));
+    (took, accepted.into_inner())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -300,6 +318,32 @@ fn reports(c: &Cluster) -> Vec<UsageReport> {
         .collect()
 }
 
+/// The reports as a failure message shows them: name, epoch, shard, update
+/// time and counts.
+fn describe(reports: &[UsageReport]) -> String {
+    reports
+        .iter()
+        .map(|r| {
+            let counts: Vec<String> = r
+                .spec
+                .tokens
+                .iter()
+                .map(|(uid, t)| format!("{uid}={}", t.count))
+                .collect();
+            format!(
+                "{} (epoch {}, shard {}, updated {}, created {:?}): {}",
+                r.metadata.name.as_deref().unwrap_or_default(),
+                r.spec.epoch,
+                r.spec.shard,
+                r.spec.updated_at,
+                r.metadata.creation_timestamp,
+                counts.join(", ")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 fn count_in(reports: &[UsageReport], uid: &str) -> i64 {
     reports
         .iter()
@@ -331,18 +375,21 @@ async fn usage_reports_are_written_periodically_and_flushed_on_sigterm() {
         assert_eq!(code(&p, &a.bearer()).await, "ok");
     }
     assert_eq!(code(&p, &b.bearer()).await, "ok");
-    // Refused requests are not usage.
+    // Refused requests are not usage; the polls the proxy accepted before
+    // the revocation reached it are.
     let mut rev = b.record.clone();
     rev.state = RecordState::Revoked;
-    propagation(&c, &p, &rev, &b.bearer(), "revoked_token").await;
+    let (_, b_polls) = propagation_counted(&c, &p, &rev, &b.bearer(), "revoked_token").await;
+    eprintln!("token b: {b_polls} polls accepted before the revocation arrived");
 
     eventually(Duration::from_secs(5), || async {
-        count_in(&reports(&c), &a.record.uid) == 3
+        let rs = reports(&c);
+        count_in(&rs, &a.record.uid) == 3 && count_in(&rs, &b.record.uid) == 1 + b_polls
     })
     .await
-    .expect("periodic report never written");
+    .unwrap_or_else(|| panic!("periodic report never written: {}", describe(&reports(&c))));
     let rs = reports(&c);
-    assert_eq!(rs.len(), 1);
+    assert_eq!(rs.len(), 1, "{}", describe(&rs));
     let r = &rs[0];
     let name = r.metadata.name.clone().unwrap();
     assert!(name.starts_with("pod-a-") && name.ends_with("-0"), "{name}");
@@ -353,7 +400,12 @@ async fn usage_reports_are_written_periodically_and_flushed_on_sigterm() {
     );
     let ta = &r.spec.tokens[&a.record.uid];
     assert_eq!((ta.namespace.as_str(), ta.name.as_str()), ("team-a", "ci"));
-    assert_eq!(r.spec.tokens[&b.record.uid].count, 1);
+    assert_eq!(
+        r.spec.tokens[&b.record.uid].count,
+        1 + b_polls,
+        "{}",
+        describe(&rs)
+    );
     let first_update = r.spec.updated_at;
 
     // Idle reports keep their heartbeat.
@@ -384,24 +436,29 @@ async fn usage_reports_are_written_periodically_and_flushed_on_sigterm() {
     }
 }
 
+/// A proxy writing reports every 500 ms, for an operator retiring them
+/// after 6 s (so a new epoch after 3 s without confirmed writes).
+async fn fast_reporting(c: &Cluster, up: &Upstream) -> Proxy {
+    c.proxy(
+        up,
+        &[
+            "--usage-reports",
+            "--usage-flush-interval=500ms",
+            "--usage-report-retention=6s",
+            "--replica=pod-a",
+        ],
+        true,
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retired_report_or_a_long_outage_starts_a_new_epoch_without_double_counting() {
     let c = cluster().await;
     let up = Upstream::start().await;
     let a = issue("team-a", "ci", "acme");
     c.apply(&a.record).await;
-    let p = c
-        .proxy(
-            &up,
-            &[
-                "--usage-reports",
-                "--usage-flush-interval=500ms",
-                "--usage-report-retention=6s",
-                "--replica=pod-a",
-            ],
-            true,
-        )
-        .await;
+    let p = fast_reporting(&c, &up).await;
     let epoch_of = |r: &UsageReport| r.spec.epoch.clone();
     for _ in 0..3 {
         assert_eq!(code(&p, &a.bearer()).await, "ok");
@@ -462,4 +519,62 @@ async fn a_retired_report_or_a_long_outage_starts_a_new_epoch_without_double_cou
     let third = rs.iter().map(epoch_of).find(|e| *e != second).unwrap();
     assert_eq!(by_epoch(&third), 1, "only the use during the outage");
     assert!(p.logs().contains("starting a new epoch"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_timed_out_writes_keep_one_report_and_count_every_use_once() {
+    let c = cluster().await;
+    let up = Upstream::start().await;
+    let a = issue("team-a", "ci", "acme");
+    c.apply(&a.record).await;
+    let p = fast_reporting(&c, &up).await;
+    let uses = |n: usize| {
+        let (p, auth) = (&p, a.bearer());
+        async move {
+            for _ in 0..n {
+                assert_eq!(code(p, &auth).await, "ok");
+            }
+        }
+    };
+    let counted = |want: i64| {
+        let c = &c;
+        let uid = a.record.uid.clone();
+        async move {
+            eventually(Duration::from_secs(15), || async {
+                count_in(&reports(c), &uid) == want
+            })
+            .await
+            .unwrap_or_else(|| panic!("never {want}: {}", describe(&reports(c))));
+        }
+    };
+    uses(3).await;
+    counted(3).await;
+    let resource = "usagereports.prodgy.io";
+
+    // A slow API: each write lands at once and is answered a second later.
+    c.server
+        .set_write_fault(resource, Some(WriteFault::Delay(Duration::from_secs(1))));
+    uses(2).await;
+    counted(5).await;
+
+    // Writes that land but are answered with a timeout, for longer than half
+    // the retention (3 s): the proxy must not take them for lost.
+    c.server.set_write_fault(
+        resource,
+        Some(WriteFault::TimeOut(Duration::from_millis(300))),
+    );
+    uses(2).await;
+    counted(7).await;
+    // Past the rotation window the proxy reads its report back instead.
+    eventually(Duration::from_secs(20), || async {
+        p.logs().contains("reading them back")
+    })
+    .await
+    .expect("the proxy never looked for the reports it could not confirm");
+    c.server.set_write_fault(resource, None);
+    uses(2).await;
+    counted(9).await;
+    let rs = reports(&c);
+    assert_eq!(rs.len(), 1, "one epoch, one report: {}", describe(&rs));
+    assert!(!p.logs().contains("starting a new epoch"));
 }

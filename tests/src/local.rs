@@ -258,6 +258,10 @@ pub struct LocalCluster {
     pub proxy: String,
     /// Base URL of the proxy's metrics listener.
     pub proxy_metrics: String,
+    /// Base URL of the operator's metrics listener.
+    pub operator_metrics: String,
+    /// Base URL of the API's ops listener (`/metrics`, `/readyz`).
+    pub api_ops: String,
     dir: TempDir,
 }
 
@@ -301,6 +305,8 @@ impl LocalCluster {
             procs: Vec::new(),
             proxy: format!("http://127.0.0.1:{proxy}"),
             proxy_metrics: format!("http://127.0.0.1:{proxy_metrics}"),
+            operator_metrics: format!("http://127.0.0.1:{operator_port}"),
+            api_ops: format!("http://127.0.0.1:{ops}"),
             dir,
         };
         me.spawn(

@@ -45,8 +45,10 @@
 //!   [`FakeApiServer::deny`] / [`FakeApiServer::deny_cluster_wide`] /
 //!   [`FakeApiServer::deny_in`] / [`FakeApiServer::allow`] (403 Forbidden),
 //!   [`FakeApiServer::close_watches`], [`FakeApiServer::compact_history`]
-//!   (410 on resume). A bearer token other than the kubeconfig's gets 401
-//!   Unauthorized; a request without one is served.
+//!   (410 on resume), [`FakeApiServer::set_write_fault`] (writes answered
+//!   late, or with a timeout although they took effect). A bearer token
+//!   other than the kubeconfig's gets 401 Unauthorized; a request without
+//!   one is served.
 //! - Store: [`FakeApiServer::get_object`], [`FakeApiServer::list_objects`],
 //!   [`FakeApiServer::put_object`], [`FakeApiServer::delete_object`],
 //!   [`FakeApiServer::event_count`], [`FakeApiServer::request_count`],
@@ -111,6 +113,7 @@
 
 mod cel;
 mod error;
+mod faults;
 mod patch;
 mod schema;
 mod selector;
@@ -130,6 +133,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use serde_json::Value;
 
 pub use error::{ApiError, Error, Result};
+pub use faults::WriteFault;
 pub use tls::TlsIdentity;
 
 use server::{Denial, DenyScope, Shared};
@@ -219,6 +223,7 @@ impl Builder {
             disconnected: AtomicU64::new(0),
             denied: std::sync::Mutex::new(HashSet::new()),
             requests: std::sync::Mutex::new(HashMap::new()),
+            write_faults: std::sync::Mutex::new(HashMap::new()),
             bookmark_interval: self.bookmark_interval,
             addr,
         });
@@ -294,6 +299,14 @@ fn split_resource(resource: &str) -> (&str, &str) {
     match resource.split_once('.') {
         Some((plural, group)) => (group, plural),
         None => ("", resource),
+    }
+}
+
+/// `resource` as the request counters and write faults key it.
+fn qualified(resource: &str) -> String {
+    match split_resource(resource) {
+        ("", plural) => plural.to_string(),
+        (group, plural) => format!("{plural}.{group}"),
     }
 }
 
@@ -556,15 +569,27 @@ current-context: prodgy-kube-fake
         self.shared.store().event_count(group, plural)
     }
 
+    /// Writes (create, update, patch, delete) to `resource` (as in
+    /// [`Self::request_count`]) are carried out, then answered as `fault`
+    /// says: late, or with a timeout although they took effect. `None`
+    /// answers them normally again.
+    pub fn set_write_fault(&self, resource: &str, fault: Option<WriteFault>) {
+        let qualified = qualified(resource);
+        let mut faults = self
+            .shared
+            .write_faults
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match fault {
+            Some(f) => faults.insert(qualified, f),
+            None => faults.remove(&qualified),
+        };
+    }
+
     /// How many requests with `verb` (as in [`Self::deny`]) reached a
     /// resource, including refused ones.
     pub fn request_count(&self, verb: &str, resource: &str) -> u64 {
-        let (group, plural) = split_resource(resource);
-        let qualified = if group.is_empty() {
-            plural.to_string()
-        } else {
-            format!("{plural}.{group}")
-        };
+        let qualified = qualified(resource);
         self.shared
             .requests
             .lock()

@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::error::{ApiError, json_response};
+use crate::faults::WriteFault;
 use crate::selector::{FieldSelector, LabelSelector, Selectors};
 use crate::store::{DeleteOpts, PatchKind, Propagation, Store, WatchFrom, filter_event};
 use crate::types::ResourceType;
@@ -44,6 +45,8 @@ pub(crate) struct Shared {
     pub disconnected: AtomicU64,
     pub denied: Mutex<HashSet<Denial>>,
     pub requests: Mutex<HashMap<(String, String), u64>>,
+    /// Per qualified resource: how its writes are answered.
+    pub write_faults: Mutex<HashMap<String, WriteFault>>,
     pub bookmark_interval: Duration,
     pub addr: SocketAddr,
 }
@@ -271,13 +274,43 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     }
     let method = req.method().clone();
     let uri = req.uri().clone();
+    let fault = write_fault(&shared, &method, uri.path());
     let response = match handle_inner(&shared, req).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
+    let response = match fault {
+        Some(f) => f.answer(response).await,
+        None => response,
+    };
     // Test logs show what a component under test asked for.
     tracing::debug!(%method, %uri, status = response.status().as_u16(), "kube-fake request");
     response
+}
+
+/// The fault set for writes to the resource a request names, if it is a
+/// write.
+fn write_fault(shared: &Shared, method: &Method, path: &str) -> Option<WriteFault> {
+    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return None;
+    }
+    let none_set = shared
+        .write_faults
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .is_empty();
+    if none_set {
+        return None;
+    }
+    let Ok(Route::Object(target)) = route(path, shared) else {
+        return None;
+    };
+    shared
+        .write_faults
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&target.ty.qualified())
+        .copied()
 }
 
 fn flag(q: &HashMap<String, String>, k: &str) -> bool {

@@ -210,3 +210,41 @@ async fn unknown_resource_is_a_not_found_status() {
     let err = api_err(tokens.list(&ListParams::default()).await.unwrap_err());
     assert_eq!((err.code, err.reason.as_str()), (404, "NotFound"));
 }
+
+#[tokio::test]
+async fn write_faults_answer_late_or_time_out_after_the_write_took_effect() {
+    use prodgy_kube_fake::WriteFault;
+    use std::time::{Duration, Instant};
+
+    let server = FakeApiServer::start().await;
+    let secrets: Api<Secret> = Api::namespaced(server.client(), "ns1");
+    let delay = Duration::from_millis(300);
+    server.set_write_fault("secrets", Some(WriteFault::Delay(delay)));
+    let started = Instant::now();
+    secrets
+        .create(&PostParams::default(), &secret("slow"))
+        .await
+        .unwrap();
+    assert!(started.elapsed() >= delay, "answered early");
+    // Reads are not delayed; only the resource named is.
+    secrets.get("slow").await.unwrap();
+
+    server.set_write_fault("secrets", Some(WriteFault::TimeOut(Duration::ZERO)));
+    // Without the client's own retries of a 504 (up to 15, minutes apart).
+    let mut config = server.config().unwrap();
+    config.default_retry = false;
+    let once: Api<Secret> = Api::namespaced(kube::Client::try_from(config).unwrap(), "ns1");
+    let e = api_err(
+        once.create(&PostParams::default(), &secret("lost"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((e.code, e.reason.as_str()), (504, "Timeout"));
+    assert!(server.get_object("secrets", Some("ns1"), "lost").is_some());
+
+    server.set_write_fault("secrets", None);
+    secrets
+        .create(&PostParams::default(), &secret("normal"))
+        .await
+        .unwrap();
+}

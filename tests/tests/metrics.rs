@@ -1,0 +1,347 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! The real `/metrics` of the operator, the proxy and the API, scraped from
+//! the running binaries (the local stack of `prodgy_tests::local`) after
+//! they did the work a user would watch: a token issued after a refused
+//! write, calls accepted and refused, executions run, files stored and
+//! read, usage folded into status. Each scrape must pass `promtool check metrics` (Debian's
+//! `prometheus` package), match the metric tables of docs/operator.md,
+//! docs/proxy.md and docs/api.md in name, type and labels, and contain
+//! every series the chart's alerts and Grafana dashboard query.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use prodgy_tests::cluster::Scenario;
+use prodgy_tests::local::{LocalCluster, workspace_root};
+use prodgy_tests::wait::{Probe, until};
+use serde_json::{Value, json};
+
+/// A metric family: its type and the label names its samples carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Family {
+    kind: String,
+    labels: BTreeSet<String>,
+}
+
+#[tokio::test]
+async fn metrics_pass_promtool_match_the_docs_and_cover_alerts_and_dashboard() {
+    let local = LocalCluster::start().await.unwrap();
+    let s = local.cluster().unwrap().scenario("metrics").await.unwrap();
+    let result = exercise(&local, &s).await;
+    s.finish(result).await;
+    let scrapes = [
+        ("operator", "docs/operator.md", &local.operator_metrics),
+        ("proxy", "docs/proxy.md", &local.proxy_metrics),
+        ("api", "docs/api.md", &local.api_ops),
+    ];
+    let mut exported = BTreeSet::new();
+    let mut problems = Vec::new();
+    for (component, doc, base) in scrapes {
+        let text = reqwest::get(format!("{base}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if let Err(e) = promtool_check_metrics(&text) {
+            problems.push(format!("{component}: {e:#}"));
+        }
+        let scraped = families(&text);
+        let documented = documented(&std::fs::read_to_string(workspace_root().join(doc)).unwrap());
+        problems.extend(compare(component, doc, &scraped, &documented));
+        exported.extend(sample_names(&text));
+    }
+    problems.extend(queried_but_not_exported(&exported));
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// Makes every series appear: a reconcile that fails (a write refused with
+/// 403), an issued token with an expiry, the tour of every resource group
+/// (files in and out, executions run), a refused call, usage reported and
+/// folded into status.
+async fn exercise(local: &LocalCluster, s: &Scenario) -> Result<()> {
+    local.server.deny_in(&s.namespace, "create", "secrets");
+    let expires = chrono::Utc::now() + chrono::TimeDelta::days(3);
+    let at = expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    s.apply_token("watched", json!({"expiresAt": at})).await?;
+    seen(
+        &local.operator_metrics,
+        "prodgy_operator_reconcile_errors_total{",
+    )
+    .await?;
+    local.server.allow("create", "secrets");
+    s.wait_phase(
+        "watched",
+        prodgy_crds::Phase::Active,
+        Duration::from_secs(30),
+    )
+    .await?;
+    let token = s.delivered_token("watched").await?;
+    // Every resource group: files in and out, executions queued and run.
+    let steps = prodgy_tests::tour::tour(s.caller(), &token).await?;
+    let bad = s.caller().get("/api/agent-base", "not-a-token").await?;
+    ensure!(bad.status == 401, "a malformed token got {}", bad.status);
+    seen(&local.api_ops, "prodgy_api_executions_total{").await?;
+    until(
+        "usage folded into status",
+        Duration::from_secs(40),
+        Duration::from_millis(200),
+        || async {
+            let usage = s
+                .tokens()
+                .get("watched")
+                .await?
+                .status
+                .map_or(0, |st| st.usage);
+            Ok(if usage >= i64::try_from(steps.len())? {
+                Probe::Done(())
+            } else {
+                Probe::NotYet(format!("usage {usage} of {} calls", steps.len()))
+            })
+        },
+    )
+    .await
+}
+
+/// Waits until the `/metrics` under `base` contain `what`.
+async fn seen(base: &str, what: &str) -> Result<()> {
+    until(
+        &format!("{what} in {base}/metrics"),
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            let text = reqwest::get(format!("{base}/metrics"))
+                .await?
+                .text()
+                .await?;
+            Ok(if text.contains(what) {
+                Probe::Done(())
+            } else {
+                Probe::NotYet("not yet".into())
+            })
+        },
+    )
+    .await
+}
+
+/// `promtool check metrics` on the exposition text: parse errors and lint
+/// findings (missing HELP, counters without `_total`, bad units) fail.
+fn promtool_check_metrics(text: &str) -> Result<()> {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running promtool (Debian package `prometheus`; .ci/run installs it)")?;
+    child
+        .stdin
+        .take()
+        .context("promtool's stdin")?
+        .write_all(text.as_bytes())?;
+    let out = child.wait_with_output()?;
+    ensure!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// Families from `# TYPE` lines, with the label names of their samples
+/// (`le` and `quantile` belong to the type, not to the family).
+fn families(text: &str) -> BTreeMap<String, Family> {
+    let mut out: BTreeMap<String, Family> = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split_whitespace();
+            if let (Some(name), Some(kind)) = (parts.next(), parts.next()) {
+                out.insert(
+                    name.to_owned(),
+                    Family {
+                        kind: kind.to_owned(),
+                        labels: BTreeSet::new(),
+                    },
+                );
+            }
+        }
+    }
+    for sample in prodgy_tests::metrics::Scrape::parse(text).samples {
+        let family = ["_bucket", "_sum", "_count", ""]
+            .iter()
+            .filter_map(|suffix| sample.name.strip_suffix(suffix))
+            .find(|base| out.contains_key(*base));
+        if let Some(f) = family.and_then(|base| out.get_mut(base)) {
+            f.labels.extend(
+                sample
+                    .labels
+                    .into_keys()
+                    .filter(|k| k != "le" && k != "quantile"),
+            );
+        }
+    }
+    out
+}
+
+fn sample_names(text: &str) -> BTreeSet<String> {
+    prodgy_tests::metrics::Scrape::parse(text)
+        .samples
+        .into_iter()
+        .map(|s| s.name)
+        .collect()
+}
+
+/// The `| metric | type | labels |` table of a component doc: label names
+/// are the backticked words of the third column outside parentheses (which
+/// hold example values); `—` means none.
+fn documented(doc: &str) -> BTreeMap<String, Family> {
+    let mut out = BTreeMap::new();
+    for line in doc.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        if cells.len() < 5 || !cells[1].starts_with("`prodgy_") {
+            continue;
+        }
+        let name = cells[1].trim_matches('`').to_owned();
+        let mut depth = 0usize;
+        let outside: String = cells[3]
+            .chars()
+            .filter(|c| {
+                match c {
+                    '(' => depth += 1,
+                    ')' => depth = depth.saturating_sub(1),
+                    _ => return depth == 0,
+                }
+                false
+            })
+            .collect();
+        let labels = outside
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect();
+        out.insert(
+            name,
+            Family {
+                kind: cells[2].to_owned(),
+                labels,
+            },
+        );
+    }
+    out
+}
+
+fn compare(
+    component: &str,
+    doc: &str,
+    scraped: &BTreeMap<String, Family>,
+    documented: &BTreeMap<String, Family>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (name, got) in scraped {
+        match documented.get(name) {
+            None => problems.push(format!(
+                "{component} exports {name} ({got:?}), {doc} lacks it"
+            )),
+            Some(want) if want != got => problems.push(format!(
+                "{component} exports {name} as {got:?}, {doc} says {want:?}"
+            )),
+            Some(_) => {}
+        }
+    }
+    for name in documented.keys().filter(|n| !scraped.contains_key(*n)) {
+        problems.push(format!(
+            "{doc} documents {name}, {component} does not export it"
+        ));
+    }
+    problems
+}
+
+/// Series the PrometheusRule and the dashboard name that no binary exported.
+fn queried_but_not_exported(exported: &BTreeSet<String>) -> Vec<String> {
+    let root = workspace_root();
+    let rules = std::fs::read_to_string(
+        root.join("charts/prodgy/templates/monitoring/prometheusrule.yaml"),
+    )
+    .unwrap();
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("charts/prodgy/dashboards/prodgy-api-tokens.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let mut queries = vec![("the PrometheusRule".to_owned(), rules)];
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            queries.push((
+                format!("dashboard panel {:?}", panel["title"]),
+                t["expr"].as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    for v in dashboard["templating"]["list"].as_array().unwrap() {
+        if let Some(q) = v["definition"].as_str() {
+            queries.push((format!("dashboard variable {:?}", v["name"]), q.to_owned()));
+        }
+    }
+    let mut problems = Vec::new();
+    for (place, text) in &queries {
+        for name in series_names(text) {
+            if !exported.contains(&name) {
+                problems.push(format!("{place} queries {name}, which no binary exports"));
+            }
+        }
+    }
+    problems
+}
+
+/// Every `prodgy_…` identifier in a query.
+fn series_names(text: &str) -> BTreeSet<String> {
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut out = BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("prodgy_") {
+        let preceded = rest[..i].chars().next_back().is_some_and(is_ident);
+        let tail = &rest[i..];
+        let end = tail.find(|c: char| !is_ident(c)).unwrap_or(tail.len());
+        if !preceded {
+            out.insert(tail[..end].to_owned());
+        }
+        rest = &tail[end..];
+    }
+    out
+}
+
+#[test]
+fn the_docs_table_parser_reads_names_types_and_labels() {
+    let doc = "| metric | type | labels |\n|---|---|---|\n\
+        | `prodgy_x_total` | counter | `result` (`ok` or an error label), `kind` |\n\
+        | `prodgy_y` | gauge | — |\n";
+    let d = documented(doc);
+    assert_eq!(d.len(), 2);
+    assert_eq!(d["prodgy_x_total"].kind, "counter");
+    assert_eq!(
+        d["prodgy_x_total"].labels,
+        BTreeSet::from(["result".to_owned(), "kind".to_owned()])
+    );
+    assert!(d["prodgy_y"].labels.is_empty());
+    assert_eq!(
+        series_names("sum(rate(prodgy_a_total{x=\"y\"}[5m])) / prodgy_c_bucket"),
+        BTreeSet::from(["prodgy_a_total".to_owned(), "prodgy_c_bucket".to_owned()])
+    );
+}
+
+#[test]
+fn promtool_refuses_bad_exposition_text() {
+    promtool_check_metrics(
+        "# HELP prodgy_ok_total fine\n# TYPE prodgy_ok_total counter\nprodgy_ok_total 1\n",
+    )
+    .unwrap();
+    // A counter without `_total` and without HELP: promtool's lint says so.
+    let err =
+        promtool_check_metrics("# TYPE prodgy_requests counter\nprodgy_requests 1\n").unwrap_err();
+    assert!(format!("{err:#}").contains("prodgy_requests"), "{err:#}");
+}
