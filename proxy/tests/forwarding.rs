@@ -25,6 +25,8 @@ type Seen = (Vec<String>, Vec<u8>);
 struct RawUpstream {
     addr: SocketAddr,
     connections: Arc<AtomicUsize>,
+    /// Connections the proxy closed.
+    closed: Arc<AtomicUsize>,
     requests: Arc<Mutex<Vec<Seen>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -40,13 +42,14 @@ impl RawUpstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let (c, r) = (connections.clone(), requests.clone());
+        let (c, r, gone) = (connections.clone(), requests.clone(), closed.clone());
         let task = tokio::spawn(async move {
             loop {
                 let (sock, _) = listener.accept().await.unwrap();
                 c.fetch_add(1, Ordering::SeqCst);
-                let r = r.clone();
+                let (r, gone) = (r.clone(), gone.clone());
                 tokio::spawn(async move {
                     let mut sock = tokio::io::BufReader::new(sock);
                     loop {
@@ -54,6 +57,7 @@ impl RawUpstream {
                         loop {
                             let mut line = String::new();
                             if sock.read_line(&mut line).await.unwrap_or(0) == 0 {
+                                gone.fetch_add(1, Ordering::SeqCst);
                                 return;
                             }
                             let line = line.trim_end().to_owned();
@@ -61,6 +65,19 @@ impl RawUpstream {
                                 break;
                             }
                             lines.push(line);
+                        }
+                        // An answer before the body, the connection kept: a
+                        // body sent anyway would be read as the next head.
+                        if lines
+                            .iter()
+                            .any(|l| l.eq_ignore_ascii_case("x-answer-early: yes"))
+                        {
+                            r.lock().unwrap().push((lines, Vec::new()));
+                            let out = sock.get_mut();
+                            out.write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 7\r\n\r\ntoo big")
+                                .await
+                                .unwrap();
+                            continue;
                         }
                         if lines
                             .iter()
@@ -88,6 +105,7 @@ impl RawUpstream {
         Self {
             addr,
             connections,
+            closed,
             requests,
             task,
         }
@@ -231,4 +249,64 @@ async fn expect_continue_goes_upstream_and_hop_by_hop_headers_stay_behind() {
     .unwrap();
     assert_eq!(refused, 401);
     assert_eq!(up.requests().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_answer_reaches_the_client_and_neither_connection_is_reused() {
+    let t = issue("ns", "early", "acme");
+    let up = RawUpstream::start(false).await;
+    let (proxy, _dir) = file_proxy(up.addr, &[&t.record]).await;
+    let bearer = t.bearer();
+    let addr = proxy.addr;
+    let (answer, closed, next) = tokio::task::spawn_blocking(move || {
+        let mut c = Conn::connect(addr);
+        // Part of a 100 KB body: the upstream answers on the head alone.
+        c.send(
+            format!(
+                "POST /api/agent-base HTTP/1.1\r\nHost: x\r\nAuthorization: {bearer}\r\n\
+                 X-Answer-Early: yes\r\nContent-Length: 100000\r\n\r\n{}",
+                "x".repeat(1000)
+            )
+            .as_bytes(),
+        );
+        let answer = c.response();
+        let closed = c.closed();
+        (answer, closed, Conn::connect(addr).get(&bearer))
+    })
+    .await
+    .unwrap();
+    let (status, head, body) = answer;
+    assert_eq!((status, body.as_str()), (413, "too big"));
+    assert!(
+        head.iter()
+            .any(|l| l.eq_ignore_ascii_case("connection: close")),
+        "{head:?}"
+    );
+    assert!(closed, "the client connection was left half-read");
+    assert_eq!(next, 200);
+    // The upstream connection holding the unsent body is closed, not
+    // pooled.
+    let gone = eventually(Duration::from_secs(3), || async {
+        up.closed.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert!(
+        gone.is_some(),
+        "the out-of-step upstream connection was kept"
+    );
+    // The next request went on a fresh upstream connection, not after the
+    // unsent body on the old one.
+    assert_eq!(up.connections(), 2);
+    let firsts: Vec<String> = up
+        .requests()
+        .into_iter()
+        .map(|(h, _)| h[0].clone())
+        .collect();
+    assert_eq!(
+        firsts,
+        [
+            "POST /api/agent-base HTTP/1.1",
+            "GET /api/agent-base HTTP/1.1"
+        ]
+    );
 }

@@ -521,7 +521,7 @@ impl Conn {
     /// Whether the other side closed the connection without sending more.
     pub fn closed(&mut self) -> bool {
         let mut b = [0u8; 1];
-        matches!(self.reader.read(&mut b), Ok(0) | Err(_))
+        matches!(self.reader.read(&mut b), Ok(0))
     }
 }
 
