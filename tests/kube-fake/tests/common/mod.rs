@@ -9,6 +9,10 @@ use prodgy_crds::{ApiToken, ApiTokenSpec};
 use prodgy_kube_fake::FakeApiServer;
 use serde_json::json;
 
+mod cluster;
+#[allow(unused_imports)] // crud.rs and tls.rs use the in-process server only
+pub use cluster::*;
+
 pub fn api_err(e: kube::Error) -> Status {
     match e {
         kube::Error::Api(s) => *s,
