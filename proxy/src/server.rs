@@ -221,6 +221,7 @@ pub fn run(config: Config) -> Result<()> {
             state.clone(),
             config.upstream,
             config.upstream_keepalive_pool,
+            config.head_limits,
         ),
     );
     proxy.add_tcp(&config.listen.to_string());
@@ -237,7 +238,6 @@ pub fn run(config: Config) -> Result<()> {
             source: config.source,
             usage,
             shutdown_timeout: config.shutdown_timeout,
-            config.head_limits,
         },
     );
 
