@@ -171,7 +171,7 @@ pub struct UiArgs {
     #[arg(short = 'A', long)]
     pub all_namespaces: bool,
     /// Port on 127.0.0.1 to serve on [default: any free port]
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
     pub port: u16,
     /// Print the URL but do not open a browser
     #[arg(long)]

@@ -236,4 +236,7 @@ test('screenshots for the docs', { skip: !screenshots }, async () => {
   await page.locator('#token-dialog[open]').waitFor();
   await page.screenshot({ path: join(screenshots, 'console-token-once.png') });
   await closeTokenDialog();
+  await page.locator('#notice').evaluate((n) => { n.textContent = ''; });
+  await page.setViewportSize({ width: 400, height: 860 });
+  await page.screenshot({ path: join(screenshots, 'console-narrow.png') });
 });
