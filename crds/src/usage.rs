@@ -18,9 +18,11 @@
 //! `folded`. A crash between any two steps repeats nothing.
 //!
 //! A proxy never writes to a report the operator may be retiring: when one
-//! of its reports is gone, or it could not write for half the retention, it
-//! moves to a new epoch whose counts start where its last acknowledged write
+//! of its reports is gone, or is older than half the retention by its
+//! `updatedAt`, it moves to a new epoch whose counts start where that report
 //! ended (the proxy's `--usage-report-retention` is the operator's value).
+//! After half the retention without an acknowledged write it reads its
+//! reports back first, since a write whose answer was lost may have landed.
 
 use std::collections::BTreeMap;
 

@@ -65,8 +65,10 @@ pub struct Args {
     #[arg(long, env = "PRODGY_USAGE_FLUSH_INTERVAL", default_value = "10s")]
     pub usage_flush_interval: String,
     /// The operator's `--usage-report-retention`: after half of it without
-    /// a successful write, the proxy reports under a new epoch, so counts
-    /// the operator may have folded meanwhile are not reported twice.
+    /// an acknowledged write, the proxy reads its reports back and reports
+    /// under a new epoch if one is gone or that old, so counts the operator
+    /// may have folded meanwhile are not reported twice. A flush waits for
+    /// the API at most a quarter of it.
     #[arg(long, env = "PRODGY_USAGE_REPORT_RETENTION", default_value = "2m")]
     pub usage_report_retention: String,
     /// This replica's name, used in usage report names (default: hostname).
