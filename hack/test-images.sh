@@ -82,6 +82,20 @@ for dc in prodgy-operator/operator prodgy-api/proxy prodgy-api/api; do
   echo "  $dc: $(grep '^Usage:' <<<"$out")"
 done
 
+step "image metadata: user, OCI labels, no shell"
+for c in operator proxy api; do
+  name=docker.io/prodgy/$c:$tag
+  meta=$("${podman[@]}" image inspect --format '{{.Config.User}} {{index .Labels "org.opencontainers.image.source"}} {{index .Labels "org.opencontainers.image.version"}} {{index .Labels "org.opencontainers.image.revision"}} {{index .Labels "org.opencontainers.image.licenses"}}' "$name")
+  read -r user source version revision licenses <<<"$meta"
+  [ "$user" = 65532:65532 ] || die "$name runs as '$user', not 65532:65532"
+  [ -n "$source" ] && [ "$version" = "$tag" ] && [ -n "$revision" ] && [ "$licenses" = Apache-2.0 ] \
+    || die "$name lacks OCI labels: $meta"
+  if "${podman[@]}" run --rm --network none --entrypoint /bin/sh "$name" -c true >/dev/null 2>&1; then
+    die "$name has a shell"
+  fi
+  echo "  $name: user $user, version $version, revision ${revision:0:12}, $licenses, no /bin/sh"
+done
+
 # Reads a running container's process status from the host, as it really is.
 check_process() {
   local name=$1 pid status
