@@ -32,6 +32,7 @@ volumes). PODMAN is the podman command line (default `podman`).
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import shlex
@@ -39,6 +40,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import yaml
@@ -206,8 +208,6 @@ def materialize(volume: dict, root: str, ctx: dict) -> tuple[str, str | None]:
 
 
 def secret_data(secret: dict) -> dict[str, bytes]:
-    import base64
-
     data = {k: base64.b64decode(v) for k, v in (secret.get("data") or {}).items()}
     data.update({k: v.encode() for k, v in (secret.get("stringData") or {}).items()})
     return data
