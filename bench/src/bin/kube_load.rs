@@ -145,6 +145,20 @@ fn status_kb(pid: u32, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU seconds (user + system) a process has used.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    f.iter().sum::<f64>() / 100.0
+}
+
 async fn code(url: &str, token: Option<&Token>) -> u16 {
     let mut req = reqwest::Client::new().get(url);
     if let Some(t) = token {
@@ -267,6 +281,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let at_ready = requests.snapshot()[before..].to_vec();
     println!("ready_secs {:.2}", ready.as_secs_f64());
+    println!("proxy_cpu_secs_at_ready {:.2}", cpu_secs(pid));
     println!(
         "rss_mb_ready {:.1}",
         status_kb(pid, "VmRSS:") as f64 / 1024.0
