@@ -11,10 +11,15 @@ help: ## List targets
 run: ## Build and start API + proxy locally with a fresh token (no cluster needed)
 	./hack/quickstart.sh
 
-test: test-rust test-chart test-images test-console ## Every test CI runs: Rust suites (SQLite + PostgreSQL when reachable), chart checks, the images under podman, the console in Chromium
+test: test-rust test-kube-cluster test-chart test-images test-console ## Every test CI runs: Rust suites (SQLite + PostgreSQL when reachable), the API test server's suites against its standalone binary, chart checks, the images under podman, the console in Chromium
 
 test-rust: ## Rust unit, component and cross-component tests
 	$(CARGO) nextest run --workspace --locked --no-fail-fast
+
+# KUBE_TEST_KUBECONFIG=/tmp/kind.kubeconfig runs them against that cluster instead.
+.PHONY: test-kube-cluster
+test-kube-cluster: ## The API test server's semantics and watch suites against a cluster (KUBE_TEST_KUBECONFIG; default: its standalone binary, about 15 s)
+	KUBE_TEST_KUBECONFIG=$(KUBE_TEST_KUBECONFIG) CARGO=$(CARGO) ./hack/test-kube-cluster.sh
 
 test-chart: ## helm lint/template + offline manifest validation + policy assertions
 	./hack/check-chart.sh

@@ -246,6 +246,17 @@ pub fn real_kubeconfig() -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
+/// True (after printing why) when the tests run against a cluster: for a
+/// test that needs the test server with builder options of its own.
+#[track_caller]
+pub fn skip_on_cluster(why: &str) -> bool {
+    let on_cluster = real_kubeconfig().is_some();
+    if on_cluster {
+        skip_line("a real cluster", why);
+    }
+    on_cluster
+}
+
 // The skip line is the test's output, meant to be read in the run's log.
 #[allow(clippy::print_stdout)]
 #[track_caller]
@@ -319,8 +330,13 @@ async fn delete_namespaces(path: PathBuf, names: Vec<String>) {
 pub fn ours(names: impl IntoIterator<Item = String>) -> Vec<String> {
     names
         .into_iter()
-        .filter(|n| !SYSTEM_OBJECTS.contains(&n.as_str()))
+        .filter(|n| !made_by_cluster(Some(n)))
         .collect()
+}
+
+/// Whether an object of this name is one a real cluster made by itself.
+pub fn made_by_cluster(name: Option<&str>) -> bool {
+    name.is_some_and(|n| SYSTEM_OBJECTS.contains(&n))
 }
 
 /// `Ok` when the answer is 404 Not Found, else what came instead.
