@@ -26,13 +26,15 @@ run_suites() {
 
 if [ -n "${KUBE_TEST_KUBECONFIG:-}" ]; then
   [ -r "$KUBE_TEST_KUBECONFIG" ] || die "cannot read KUBE_TEST_KUBECONFIG=$KUBE_TEST_KUBECONFIG"
-  run_suites "$KUBE_TEST_KUBECONFIG"
-  command -v kubectl >/dev/null || { echo "kubectl not installed: leftover test namespaces not checked"; exit 0; }
+  # Leftovers are checked after failed tests too: cleanup matters most then.
+  status=0
+  run_suites "$KUBE_TEST_KUBECONFIG" || status=$?
+  command -v kubectl >/dev/null || { echo "kubectl not installed: leftover test namespaces not checked"; exit "$status"; }
   left=$(kubectl --kubeconfig "$KUBE_TEST_KUBECONFIG" get namespaces -l "$label" \
     -o jsonpath='{range .items[?(!@.metadata.deletionTimestamp)]}{.metadata.name}{"\n"}{end}')
   [ -z "$left" ] || die "test namespaces left behind (not being deleted): $left"
   echo "no test namespace left behind"
-  exit 0
+  exit "$status"
 fi
 
 command -v curl >/dev/null || die "curl is needed"
@@ -56,7 +58,8 @@ for _ in $(seq 100); do
 done
 [ -f "$work/kubeconfig" ] || die "kube-fake wrote no kubeconfig within 10 s"
 
-run_suites "$work/kubeconfig"
+status=0
+run_suites "$work/kubeconfig" || status=$?
 
 server=$(awk '$1 == "server:" {print $2}' "$work/kubeconfig")
 token=$(awk '$1 == "token:" {print $2}' "$work/kubeconfig")
@@ -64,3 +67,4 @@ names=$(curl -sf -H "Authorization: Bearer $token" "$server/api/v1/namespaces" |
   python3 -c 'import json, sys; print(" ".join(n["metadata"]["name"] for n in json.load(sys.stdin)["items"]))')
 [ -z "$names" ] || die "namespaces left behind on the standalone test server: $names"
 echo "no test namespace left behind on the standalone test server"
+exit "$status"
