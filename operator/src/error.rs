@@ -65,6 +65,26 @@ pub enum Error {
     /// Leadership was lost while reconciling.
     #[error("lost leadership: {0}")]
     Leadership(String),
+    /// The finalizer helper refused an object it cannot patch.
+    #[error("finalizer: {0}")]
+    Finalizer(&'static str),
+}
+
+impl From<kube::runtime::finalizer::Error<Error>> for Error {
+    /// Our own errors come back as they were; the helper's patches fail as
+    /// any Kubernetes call does.
+    fn from(e: kube::runtime::finalizer::Error<Error>) -> Self {
+        use kube::runtime::finalizer::Error as F;
+        match e {
+            F::ApplyFailed(e) | F::CleanupFailed(e) => e,
+            F::AddFinalizer(e) | F::RemoveFinalizer(e) => Error::Kube(e),
+            F::UnnamedObject => Error::MissingField {
+                kind: "ApiToken",
+                field: "metadata.name",
+            },
+            F::InvalidFinalizer => Error::Finalizer("the finalizer name is not a JSON pointer"),
+        }
+    }
 }
 
 impl Error {
@@ -87,6 +107,7 @@ impl Error {
             Error::Serve { .. } => "serve",
             Error::Metrics(_) => "metrics",
             Error::Leadership(_) => "leadership",
+            Error::Finalizer(_) => "finalizer",
         }
     }
 

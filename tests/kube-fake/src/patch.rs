@@ -130,6 +130,26 @@ fn remove(doc: &mut Value, path: &str) -> Result<Value, ApiError> {
     }
 }
 
+/// The `test` operation. As on a real API server, a member missing from an
+/// object that exists tests equal to `null`: kube-runtime's finalizer
+/// helper tests `/metadata/finalizers` against null before adding the first
+/// finalizer.
+fn test(doc: &Value, path: &str, expected: &Value) -> Result<bool, ApiError> {
+    match get(doc, path) {
+        Ok(actual) => Ok(actual == expected),
+        Err(missing) => {
+            // The pointer up to its last token is the parent's (still escaped).
+            let parent = &path[..path.rfind('/').unwrap_or(0)];
+            let in_object = matches!(get(doc, parent), Ok(Value::Object(_)));
+            if expected.is_null() && in_object {
+                Ok(true)
+            } else {
+                Err(missing)
+            }
+        }
+    }
+}
+
 /// Applies an RFC 6902 JSON patch; a failed `test` aborts the whole patch.
 pub(crate) fn json_patch(doc: &mut Value, patch: &Value) -> Result<(), ApiError> {
     let ops = patch
@@ -168,7 +188,8 @@ pub(crate) fn json_patch(doc: &mut Value, patch: &Value) -> Result<(), ApiError>
                 add(&mut work, path, v)?;
             }
             Some("test") => {
-                if *get(&work, path)? != value()? {
+                let expected = value()?;
+                if !test(&work, path, &expected)? {
                     return Err(invalid_patch(&format!("test failed at {path:?}")));
                 }
             }
@@ -210,6 +231,24 @@ mod tests {
             doc,
             json!({"metadata": {"finalizers": ["b", "c"]}, "x": 2, "z": 2})
         );
+    }
+
+    #[test]
+    fn a_missing_member_tests_equal_to_null() {
+        let mut doc = json!({"metadata": {"name": "t"}});
+        json_patch(
+            &mut doc,
+            &json!([
+                {"op": "test", "path": "/metadata/finalizers", "value": null},
+                {"op": "add", "path": "/metadata/finalizers", "value": ["f"]},
+            ]),
+        )
+        .unwrap();
+        assert_eq!(doc["metadata"]["finalizers"], json!(["f"]));
+        let not_null = json!([{"op": "test", "path": "/metadata/labels", "value": {}}]);
+        assert_eq!(json_patch(&mut doc, &not_null).unwrap_err().code, 422);
+        let no_parent = json!([{"op": "test", "path": "/spec/x", "value": null}]);
+        assert_eq!(json_patch(&mut doc, &no_parent).unwrap_err().code, 422);
     }
 
     #[test]

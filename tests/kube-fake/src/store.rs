@@ -795,6 +795,15 @@ impl Store {
                 )));
             }
         }
+        // As a real server stores it: an emptied finalizer list is no list
+        // (Go's `omitempty`), which a later JSON patch can test against null.
+        let meta = metadata_mut(&mut new);
+        if meta
+            .get("finalizers")
+            .is_some_and(|f| f.as_array().is_some_and(Vec::is_empty))
+        {
+            meta.remove("finalizers");
+        }
         let deleting = old["metadata"]["deletionTimestamp"].is_string();
         let old_fin = finalizers(old);
         let new_fin = finalizers(&new);
