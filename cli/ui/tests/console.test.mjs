@@ -213,6 +213,21 @@ test('an expiry in the past is refused with the reason', async () => {
   await page.keyboard.press('Escape');
 });
 
+test('dialogs keep the keyboard focus inside and give it back', async () => {
+  const create = page.getByRole('button', { name: 'Create Token' });
+  await create.focus();
+  await page.keyboard.press('Enter');
+  await page.locator('#create-dialog[open]').waitFor();
+  assert.equal(await page.evaluate(() => document.activeElement.name), 'name');
+  for (const key of [...Array(12).fill('Tab'), ...Array(12).fill('Shift+Tab')]) {
+    await page.keyboard.press(key);
+    assert.equal(await page.evaluate(() => Boolean(document.activeElement.closest('#create-dialog'))), true, `focus left the dialog after ${key}`);
+  }
+  await page.keyboard.press('Escape');
+  await page.locator('#create-dialog[open]').waitFor({ state: 'detached' });
+  assert.equal(await page.evaluate(() => document.activeElement.id), 'create');
+});
+
 test('screenshots for the docs', { skip: !screenshots }, async () => {
   await createToken({ name: 'deploy-prod', product: 'acme', expires: localInput(90 * 86_400_000), description: 'Deploys from the release pipeline' });
   await closeTokenDialog();
