@@ -204,9 +204,9 @@ impl Reason {
         })
     }
 
-    /// The JSON error body, `{"error":{"code":…,"message":…}}`.
+    /// The JSON error body: the contract's envelope, as the API's errors.
     pub fn body(self) -> String {
-        serde_json::json!({"error": {"code": self.code(), "message": self.message()}}).to_string()
+        prodgy_crds::envelope::ErrorBody::new(self.code(), self.message()).to_json()
     }
 }
 

@@ -21,6 +21,7 @@ pub mod server;
 pub mod source;
 pub mod state;
 pub mod usage;
+pub mod verdict;
 
 pub use config::{Args, Config};
 

@@ -1,7 +1,7 @@
 //! The pingora service: HTTP/1 sessions read and written with pingora's
 //! codec, one request after the other on each client connection.
 //!
-//! Per request: read the head, decide ([`AuthProxy::decide`]), then either
+//! Per request: read the head, decide ([`crate::verdict::verdict`]), then either
 //! answer the refusal or forward — the upstream head rebuilt without the
 //! credential and with the verified identity, the body streamed up while the
 //! response head is awaited, the response streamed back — and count once at
@@ -46,8 +46,9 @@ use pingora::protocols::http::v1::client::HttpSession as Http1Session;
 use pingora::server::ShutdownWatch;
 use pingora::upstreams::peer::Peer;
 use pingora::{Error as PError, ErrorType};
-use prodgy_crds::scope::{self, Route};
-use prodgy_crds::{Scope, ScopeSet, TokenHash, identity};
+use prodgy_crds::envelope::ErrorBody;
+use prodgy_crds::scope;
+use prodgy_crds::{Scope, ScopeSet, identity};
 use tokio::io::AsyncReadExt;
 
 use crate::auth::{self, Reason};
@@ -57,30 +58,7 @@ use crate::config::HeadLimits;
 use crate::index::Record;
 use crate::metrics::{InFlight, Outcome, UpstreamError};
 use crate::state::State;
-
-/// A refusal with what its response needs.
-#[derive(Debug)]
-pub struct Refused {
-    /// Why.
-    pub reason: Reason,
-    /// For a scope refusal: the scope needed (`None`: unrestricted only).
-    pub scope: Option<Option<Scope>>,
-    /// For a rate-limit refusal: seconds to wait.
-    pub retry_after: Option<u64>,
-    /// The token's cell, when the token is known.
-    pub cell: Option<Arc<TokenCell>>,
-}
-
-impl From<Reason> for Refused {
-    fn from(reason: Reason) -> Self {
-        Self {
-            reason,
-            scope: None,
-            retry_after: None,
-            cell: None,
-        }
-    }
-}
+use crate::verdict::{Clock, Head, Refused, verdict};
 
 /// The proxy service.
 pub struct AuthProxy {
@@ -197,67 +175,6 @@ impl AuthProxy {
             connector,
             limits,
         }
-    }
-
-    /// Decides about a request. Pure apart from the index read and the
-    /// token's counters (rate bucket).
-    pub fn decide(
-        &self,
-        req: &RequestHeader,
-        route: Route,
-        now_ns: i64,
-        mono_ns: u64,
-    ) -> Result<(Arc<Record>, Arc<TokenCell>), Refused> {
-        if auth::has_dot_segment(req.raw_path()) {
-            return Err(Reason::InvalidPath.into());
-        }
-        let token = auth::bearer_token(
-            req.headers
-                .get_all(header::AUTHORIZATION)
-                .iter()
-                .map(HeaderValue::as_bytes),
-        )?;
-        let digest = TokenHash::of(token);
-        let found = self
-            .state
-            .index
-            .lookup(&digest)
-            .ok_or(Reason::UnknownToken)?;
-        let record = found.record;
-        let cell = record.cell(&self.state.cells);
-        let refuse = |reason: Reason| Refused {
-            reason,
-            scope: None,
-            retry_after: None,
-            cell: Some(cell.clone()),
-        };
-        if let Err(r) = record.check(found.slot, now_ns) {
-            return Err(refuse(r.into()));
-        }
-        if !record.product().served() {
-            return Err(refuse(Reason::WrongProduct));
-        }
-        let scopes = record.scopes();
-        let allowed = match route.scope {
-            Some(s) => scopes.allows(s),
-            None => scopes.is_unrestricted(),
-        };
-        if !allowed {
-            return Err(Refused {
-                scope: Some(route.scope),
-                ..refuse(Reason::InsufficientScope)
-            });
-        }
-        if let Some((rps, burst)) = record.rate()
-            && let Err(wait) = cell.acquire(mono_ns, rps, burst)
-        {
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            return Err(Refused {
-                retry_after: Some(secs.max(1)),
-                ..refuse(Reason::RateLimited)
-            });
-        }
-        Ok((record, cell))
     }
 
     /// The upstream request head: the client's, as HTTP/1.1, without the
@@ -446,9 +363,7 @@ impl AuthProxy {
             // Mid-response: the client sees the connection end.
             return sent.status.as_u16();
         }
-        let body = Bytes::from(
-            serde_json::json!({"error": {"code": code, "message": message}}).to_string(),
-        );
+        let body = Bytes::from(ErrorBody::new(code, message).to_json());
         let sent = async {
             down.set_keepalive(None);
             down.write_response_header(Box::new(json_head(status, body.len())?))
@@ -478,17 +393,21 @@ impl AuthProxy {
         let now = clock::unix_nanos();
         let req = down.req_header();
         let route = scope::route(req.method.as_str(), req.uri.path());
-        let ambiguous = req.headers.contains_key(header::TRANSFER_ENCODING)
+        let conflicting_framing = req.headers.contains_key(header::TRANSFER_ENCODING)
             && down
                 .as_http1()
                 .is_some_and(|h1| raw_has_content_length(&h1.get_headers_raw_bytes()));
-        let decision = if let Some(r) = self.limits.exceeded(head_len, req.headers.len()) {
-            Err(r.into())
-        } else if ambiguous {
-            Err(Reason::AmbiguousFraming.into())
-        } else {
-            self.decide(req, route, now, clock::mono_nanos_at(start))
+        let head = Head {
+            req,
+            len: head_len,
+            conflicting_framing,
         };
+        let clock = Clock {
+            unix_ns: now,
+            mono_ns: clock::mono_nanos_at(start),
+        };
+        let state = &self.state;
+        let decision = verdict(head, route, self.limits, &state.index, &state.cells, clock);
         let (status, cell, rejected, reusable) = match decision {
             Ok((record, cell)) => {
                 cell.record_use(now / 1_000_000);

@@ -20,7 +20,7 @@ use kube::api::{Api, ListParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use prodgy_crds::HashedRecord;
-use prodgy_crds::hashed::{HASHED_LABEL, HASHED_LABEL_VALUE};
+use prodgy_crds::hashed;
 
 use crate::clock;
 use crate::index::{IndexWriter, Record};
@@ -317,15 +317,10 @@ pub async fn run_file(writer: SharedWriter, path: PathBuf, interval: Duration) {
     }
 }
 
-/// The UID a hashed Secret's name encodes (`apitoken-<uid>`).
-pub fn uid_of_secret_name(name: &str) -> Option<&str> {
-    name.strip_prefix("apitoken-").filter(|u| !u.is_empty())
-}
-
 /// Reads the record of a hashed Secret and checks that it belongs there.
 pub fn record_of_secret(writer: &mut IndexWriter, s: &Secret) -> Result<Arc<Record>> {
     let name = s.metadata.name.as_deref().unwrap_or_default();
-    let uid = uid_of_secret_name(name)
+    let uid = HashedRecord::uid_of_secret_name(name)
         .ok_or_else(|| Error::InvalidRecord("Secret name is not apitoken-<uid>".into()))?;
     let r = HashedRecord::from_secret(s).map_err(|e| Error::InvalidRecord(e.to_string()))?;
     if r.uid != uid {
@@ -402,7 +397,7 @@ pub async fn apply_event(writer: &SharedWriter, st: &mut WatchState, event: Even
                     // rather than keeping a state the owner moved away from.
                     w.index().sync.invalid_record();
                     tracing::warn!(secret = %name, reason = %e, "skipping invalid hashed Secret");
-                    if let Some(uid) = uid_of_secret_name(&name) {
+                    if let Some(uid) = HashedRecord::uid_of_secret_name(&name) {
                         w.remove(uid);
                     }
                     st.invalid.insert(name);
@@ -414,7 +409,7 @@ pub async fn apply_event(writer: &SharedWriter, st: &mut WatchState, event: Even
         Event::Delete(s) => {
             let name = secret_name(&s);
             let mut w = lock(writer);
-            if let Some(uid) = uid_of_secret_name(&name) {
+            if let Some(uid) = HashedRecord::uid_of_secret_name(&name) {
                 w.remove(uid);
             }
             st.invalid.remove(&name);
@@ -469,8 +464,7 @@ pub async fn run_kube(
     probe_interval: Duration,
 ) {
     let api: Api<Secret> = Api::namespaced(client, &namespace);
-    let selector = format!("{HASHED_LABEL}={HASHED_LABEL_VALUE}");
-    let cfg = watcher::Config::default().labels(&selector);
+    let cfg = watcher::Config::default().labels(hashed::SELECTOR);
     let mut events = watcher::watcher(api.clone(), cfg)
         .backoff(WatchBackoff::default())
         .boxed();
@@ -504,7 +498,7 @@ pub async fn run_kube(
                 if !lock(&writer).index().sync.ready() {
                     continue;
                 }
-                match api.list_metadata(&ListParams::default().labels(&selector).limit(1)).await {
+                match api.list_metadata(&ListParams::default().labels(hashed::SELECTOR).limit(1)).await {
                     Ok(_) => {
                         if failing {
                             tracing::info!("Kubernetes API reachable again");

@@ -201,6 +201,11 @@ pub async fn tour(caller: &Caller, token: &str) -> Result<Vec<Step>> {
         chat.body.chars().take(300).collect::<String>()
     );
     t.get(RouteGroup::Assistant, "/api/assistant/chat").await?;
+    let doc = t.get(RouteGroup::Meta, "/api/openapi.json").await?;
+    ensure!(
+        doc.body.contains("\"openapi\""),
+        "the OpenAPI document did not come through"
+    );
 
     Ok(t.steps)
 }
