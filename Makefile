@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: help run test test-rust test-chart images test-images test-load test-under-load fmt lint generate check-generated bench e2e fuzz test-console
+.PHONY: help run test test-rust test-chart test-images images test-load test-under-load fmt lint generate check-generated bench e2e fuzz test-console
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
