@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The route table the proxy enforces (`prodgy_crds::scope::ROUTES`) against
 //! the API's OpenAPI document, both ways: every documented operation falls
 //! under a rule of its own tag's group (never `other`), and every rule is

@@ -67,6 +67,17 @@ impl World {
     }
 
     fn decide(&self, method: &str, path: &str, auth: &[&str]) -> Result<String, Reason> {
+        self.judge(method, path, auth)
+            .map(|(record, _)| record.name().to_owned())
+            .map_err(|r| r.reason)
+    }
+
+    fn judge(
+        &self,
+        method: &str,
+        path: &str,
+        auth: &[&str],
+    ) -> Result<(Arc<Record>, Arc<TokenCell>), Refused> {
         let mut req = RequestHeader::build(method, path.as_bytes(), None).unwrap();
         for a in auth {
             req.append_header(header::AUTHORIZATION, *a).unwrap();
@@ -82,8 +93,6 @@ impl World {
         };
         let route = scope::route(method, path);
         verdict(head, route, LIMITS, &self.index, &self.cells, clock)
-            .map(|(record, _)| record.name().to_owned())
-            .map_err(|r| r.reason)
     }
 }
 
@@ -241,19 +250,7 @@ fn the_rate_limit_refuses_the_second_call_in_a_second_with_retry_after() {
         w.decide("GET", "/api/agent-base", &[&rate]),
         Ok("rate-1".into())
     );
-    let mut req = RequestHeader::build("GET", b"/api/agent-base", None).unwrap();
-    req.append_header(header::AUTHORIZATION, &rate).unwrap();
-    let head = Head {
-        req: &req,
-        len: 10,
-        conflicting_framing: false,
-    };
-    let clock = Clock {
-        unix_ns: NOW,
-        mono_ns: 1_000_000_000,
-    };
-    let route = scope::route("GET", "/api/agent-base");
-    let refused = verdict(head, route, LIMITS, &w.index, &w.cells, clock).unwrap_err();
+    let refused = w.judge("GET", "/api/agent-base", &[&rate]).unwrap_err();
     assert_eq!(refused.reason, Reason::RateLimited);
     assert_eq!(refused.retry_after, Some(1));
     assert!(
