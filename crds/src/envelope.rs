@@ -63,7 +63,7 @@ mod tests {
             body.to_json(),
             r#"{"error":{"code":"unknown_token","message":"the token \"x\" is not known"}}"#
         );
-        let with = body.clone().with_field(Some("spec.name".into()));
+        let with = body.with_field(Some("spec.name".into()));
         let back: ErrorBody = serde_json::from_str(&with.to_json()).unwrap();
         assert_eq!(back, with);
         assert_eq!(back.error.field.as_deref(), Some("spec.name"));
