@@ -7,8 +7,9 @@
 #   hack/images.sh
 #
 # Output: target/images/{operator,proxy,api}.tar, one OCI archive each,
-# named as the chart's default values expect (prodgy/<component>:<appVersion>,
-# docker.io/ when fully qualified), and target/images/sizes.txt with each
+# named localhost/prodgy/<component>:<appVersion> (how podman names a local
+# image; install the chart with global.imageRegistry=localhost to run them as
+# built), and target/images/sizes.txt with each
 # image's uncompressed size. The images also stay in local container storage.
 #
 # Environment: SKIP_CARGO=1 uses target/release as it is.
@@ -43,7 +44,7 @@ sh docker/stage.sh "$context" "${bins[@]}"
 
 : >"$work/sizes.txt.new"
 for c in "${components[@]}"; do
-  name=docker.io/prodgy/$c:$tag
+  name=localhost/prodgy/$c:$tag
   echo "==> $name"
   # --layers=false: nothing to cache, every layer is a copy.
   buildah --log-level=error bud --quiet --layers=false -f docker/Dockerfile --target "$c" \

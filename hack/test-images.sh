@@ -66,8 +66,8 @@ kube_fake=$PWD/target/debug/kube-fake
 tag=$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' charts/prodgy/Chart.yaml)
 images=()
 for c in operator proxy api; do
-  "${podman[@]}" image exists "docker.io/prodgy/$c:$tag" || die "no image docker.io/prodgy/$c:$tag; run make images"
-  images+=(--image "prodgy/$c:$tag=docker.io/prodgy/$c:$tag")
+  "${podman[@]}" image exists "localhost/prodgy/$c:$tag" || die "no image localhost/prodgy/$c:$tag; run make images"
+  images+=(--image "prodgy/$c:$tag=localhost/prodgy/$c:$tag")
 done
 manifest=$work/chart.yaml
 "$helm" template prodgy charts/prodgy --namespace prodgy --kube-version 1.30.0 >"$manifest"
@@ -84,7 +84,7 @@ done
 
 step "image metadata: user, OCI labels, no shell"
 for c in operator proxy api; do
-  name=docker.io/prodgy/$c:$tag
+  name=localhost/prodgy/$c:$tag
   meta=$("${podman[@]}" image inspect --format '{{.Config.User}} {{index .Labels "org.opencontainers.image.source"}} {{index .Labels "org.opencontainers.image.version"}} {{index .Labels "org.opencontainers.image.revision"}} {{index .Labels "org.opencontainers.image.licenses"}}' "$name")
   read -r user source version revision licenses <<<"$meta"
   [ "$user" = 65532:65532 ] || die "$name runs as '$user', not 65532:65532"
