@@ -240,60 +240,8 @@ fn hostname() -> String {
 impl Args {
     /// Validates the flags.
     pub fn validate(self) -> Result<Config> {
-        let source = match self.source {
-            SourceKind::Kubernetes => {
-                if self.hashed_secret_namespace.is_empty() {
-                    return Err(Error::Config(
-                        "--hashed-secret-namespace must not be empty".into(),
-                    ));
-                }
-                Source::Kubernetes {
-                    namespace: self.hashed_secret_namespace.clone(),
-                    probe_interval: parse_duration(
-                        "sync-probe-interval",
-                        &self.sync_probe_interval,
-                    )?,
-                }
-            }
-            SourceKind::File => Source::File {
-                path: self.tokens_path.clone().ok_or_else(|| {
-                    Error::Config("--tokens-path is required with --source file".into())
-                })?,
-                interval: parse_duration("reload-interval", &self.reload_interval)?,
-            },
-        };
-        let usage = if self.usage_reports {
-            if self.source != SourceKind::Kubernetes {
-                return Err(Error::Config(
-                    "--usage-reports needs --source kubernetes".into(),
-                ));
-            }
-            let interval = parse_duration("usage-flush-interval", &self.usage_flush_interval)?;
-            if interval.is_zero() {
-                return Err(Error::Config(
-                    "--usage-flush-interval must be above zero".into(),
-                ));
-            }
-            let retention = parse_duration("usage-report-retention", &self.usage_report_retention)?;
-            if retention / 2 <= interval {
-                return Err(Error::Config(format!(
-                    "--usage-report-retention ({}) must be more than twice --usage-flush-interval ({}), or live reports would be retired",
-                    self.usage_report_retention, self.usage_flush_interval
-                )));
-            }
-            Some(UsageConfig {
-                rotate_after: retention / 2,
-                namespace: self.hashed_secret_namespace.clone(),
-                replica: self
-                    .replica
-                    .clone()
-                    .filter(|r| !r.is_empty())
-                    .unwrap_or_else(hostname),
-                interval,
-            })
-        } else {
-            None
-        };
+        let source = self.source()?;
+        let usage = self.usage()?;
         let threads = match self.threads {
             Some(0) => return Err(Error::Config("--threads must be at least 1".into())),
             Some(n) => n,
@@ -330,6 +278,68 @@ impl Args {
             upstream_keepalive_pool: self.upstream_keepalive_pool,
             work_stealing: self.work_stealing,
             head_limits,
+        })
+    }
+
+    /// Where tokens come from.
+    fn source(&self) -> Result<Source> {
+        Ok(match self.source {
+            SourceKind::Kubernetes => {
+                if self.hashed_secret_namespace.is_empty() {
+                    return Err(Error::Config(
+                        "--hashed-secret-namespace must not be empty".into(),
+                    ));
+                }
+                Source::Kubernetes {
+                    namespace: self.hashed_secret_namespace.clone(),
+                    probe_interval: parse_duration(
+                        "sync-probe-interval",
+                        &self.sync_probe_interval,
+                    )?,
+                }
+            }
+            SourceKind::File => Source::File {
+                path: self.tokens_path.clone().ok_or_else(|| {
+                    Error::Config("--tokens-path is required with --source file".into())
+                })?,
+                interval: parse_duration("reload-interval", &self.reload_interval)?,
+            },
+        })
+    }
+
+    /// The usage reporter, with `--usage-reports`.
+    fn usage(&self) -> Result<Option<UsageConfig>> {
+        Ok(if self.usage_reports {
+            if self.source != SourceKind::Kubernetes {
+                return Err(Error::Config(
+                    "--usage-reports needs --source kubernetes".into(),
+                ));
+            }
+            let interval = parse_duration("usage-flush-interval", &self.usage_flush_interval)?;
+            if interval.is_zero() {
+                return Err(Error::Config(
+                    "--usage-flush-interval must be above zero".into(),
+                ));
+            }
+            let retention = parse_duration("usage-report-retention", &self.usage_report_retention)?;
+            if retention / 2 <= interval {
+                return Err(Error::Config(format!(
+                    "--usage-report-retention ({}) must be more than twice --usage-flush-interval ({}), or live reports would be retired",
+                    self.usage_report_retention, self.usage_flush_interval
+                )));
+            }
+            Some(UsageConfig {
+                rotate_after: retention / 2,
+                namespace: self.hashed_secret_namespace.clone(),
+                replica: self
+                    .replica
+                    .clone()
+                    .filter(|r| !r.is_empty())
+                    .unwrap_or_else(hostname),
+                interval,
+            })
+        } else {
+            None
         })
     }
 }

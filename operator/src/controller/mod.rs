@@ -32,7 +32,7 @@ use std::{
 use chrono::{DateTime, Utc};
 use futures::{
     FutureExt, StreamExt,
-    channel::mpsc::{UnboundedSender, unbounded},
+    channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded},
 };
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
@@ -131,145 +131,34 @@ pub async fn run(
     metrics: Arc<Metrics>,
     term: CancellationToken,
 ) -> Result<()> {
-    let hashed_ns = cfg.plan.hashed_namespace.clone();
     let scopes: Vec<Option<String>> = if cfg.namespaces.is_empty() {
         vec![None]
     } else {
         cfg.namespaces.iter().cloned().map(Some).collect()
     };
-
-    let mut router = Router::default();
-    let mut receivers = Vec::new();
-    for scope in &scopes {
-        let (tx, rx) = unbounded();
-        let (all_tx, all_rx) = unbounded();
-        match scope {
-            None => router.all = Some(tx),
-            Some(ns) => {
-                router.by_namespace.insert(ns.clone(), tx);
-            }
-        }
-        router.resync.push(all_tx);
-        receivers.push((scope.clone(), rx, all_rx));
-    }
-
-    let mut tasks = Vec::new();
-    let mut synced = Vec::new();
-    let (hashed, writer) = reflector::store();
-    let (ready, rx) = watch::channel(false);
-    synced.push(rx);
-    tasks.push(tokio::spawn(reflect(
-        Api::<Secret>::namespaced(client.clone(), &hashed_ns),
-        watcher::Config::default().labels(hashed::SELECTOR),
-        writer,
-        ready,
-        router.clone(),
-        refs_of_hashed_secret,
-    )));
-    let (reports, writer) = reflector::store();
-    let (ready, rx) = watch::channel(false);
-    synced.push(rx);
-    let mut report_index = ReportIndex::default();
-    tasks.push(tokio::spawn(reflect(
-        Api::<UsageReport>::namespaced(client.clone(), &hashed_ns),
-        watcher::Config::default().labels(REPORT_LABEL),
-        writer,
-        ready,
-        router.clone(),
-        move |r: &UsageReport, change| report_index.refs(r, change),
-    )));
-    let delivery_selector = hashed::delivery_selector(None);
-    let mut delivery = Vec::new();
-    for scope in &scopes {
-        let api = match scope {
-            None => Api::<Secret>::all(client.clone()),
-            Some(ns) => Api::<Secret>::namespaced(client.clone(), ns),
-        };
-        let (store, writer) = reflector::store();
-        let (ready, rx) = watch::channel(false);
-        synced.push(rx);
-        tasks.push(tokio::spawn(reflect(
-            api,
-            watcher::Config::default().labels(&delivery_selector),
-            writer,
-            ready,
-            router.clone(),
-            refs_of_delivery_secret,
-        )));
-        delivery.push((scope.clone(), store));
-    }
-
+    let (router, receivers) = routes(&scopes);
+    let mut caches = Caches::spawn(&client, &cfg.plan.hashed_namespace, &scopes, &router);
     // Usage folding must never see a half-loaded report cache: a report
     // missing from it would look deleted (step 3).
     // (Our own flags rather than `Store::wait_until_ready`, which wakes only
     // one of several waiters, and the controller waits on its store too.)
-    if !all_synced(&mut synced, &term).await {
-        abort_all(&tasks);
+    if !all_synced(&mut caches.synced, &term).await {
+        abort_all(&caches.tasks);
         return Ok(());
     }
     info!("caches synced; reconciling ApiTokens");
-
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: FIELD_MANAGER.to_owned(),
-            instance: Some(cfg.identity.clone()),
-        },
-    );
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        cfg: cfg.clone(),
-        hashed,
-        delivery,
-        reports,
-        recorder,
-        metrics: metrics.clone(),
-        usage_writes: Mutex::default(),
-        failures: Mutex::default(),
-        bucket: Mutex::new(Bucket::new(cfg.status_write_qps, Instant::now())),
-    });
+    let mut tasks = std::mem::take(&mut caches.tasks);
+    let ctx = Arc::new(caches.into_context(client.clone(), &cfg, &metrics));
 
     let mut runs = Vec::new();
     let mut token_stores = Vec::new();
     let mut tokens_synced = Vec::new();
     for (scope, rx, all_rx) in receivers {
-        let api = match &scope {
-            None => Api::<ApiToken>::all(client.clone()),
-            Some(ns) => Api::<ApiToken>::namespaced(client.clone(), ns),
-        };
-        let (store, writer) = reflector::store();
-        let (ready, ready_rx) = watch::channel(false);
-        tokens_synced.push(ready_rx);
-        let stream = reflector::reflector(
-            writer,
-            watcher(api, watcher::Config::default()).default_backoff(),
-        )
-        .inspect(move |event| {
-            if matches!(event, Ok(Event::InitDone)) {
-                ready.send_replace(true);
-            }
-        })
-        .applied_objects();
-        let controller = Controller::for_stream(stream, store.clone())
-            .with_config(controller::Config::default().concurrency(CONCURRENCY))
-            .reconcile_on(rx)
-            .reconcile_all_on(all_rx)
-            .graceful_shutdown_on(term.clone().cancelled_owned());
+        let (store, ready, run) =
+            controller_for(&client, scope.as_deref(), rx, all_rx, &ctx, &term);
         token_stores.push((scope, store));
-        runs.push(
-            controller
-                .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
-                .for_each(|res| async move {
-                    match res {
-                        Ok(_) => {}
-                        Err(controller::Error::ReconcilerFailed(e, obj)) => {
-                            debug!(error = %e, object = %obj, "reconcile failed");
-                        }
-                        Err(e) => warn!(error = %e, "controller"),
-                    }
-                })
-                .boxed(),
-        );
+        tokens_synced.push(ready);
+        runs.push(run);
     }
     metrics.set_sources(token_stores.iter().map(|(_, s)| s.clone()).collect());
     tasks.push(tokio::spawn(retire::retire_reports(
@@ -283,6 +172,169 @@ pub async fn run(
     futures::future::join_all(runs).await;
     abort_all(&tasks);
     Ok(())
+}
+
+/// One reconcile channel (and one resync channel) per watched scope.
+type Receivers = Vec<(
+    Option<String>,
+    UnboundedReceiver<Ref>,
+    UnboundedReceiver<()>,
+)>;
+
+fn routes(scopes: &[Option<String>]) -> (Router, Receivers) {
+    let mut router = Router::default();
+    let mut receivers = Vec::new();
+    for scope in scopes {
+        let (tx, rx) = unbounded();
+        let (all_tx, all_rx) = unbounded();
+        match scope {
+            None => router.all = Some(tx),
+            Some(ns) => {
+                router.by_namespace.insert(ns.clone(), tx);
+            }
+        }
+        router.resync.push(all_tx);
+        receivers.push((scope.clone(), rx, all_rx));
+    }
+    (router, receivers)
+}
+
+/// The caches of hashed Secrets, usage reports and delivery Secrets, with
+/// their reflector tasks and "first list done" flags.
+struct Caches {
+    hashed: Store<Secret>,
+    reports: Store<UsageReport>,
+    delivery: Vec<(Option<String>, Store<Secret>)>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    synced: Vec<watch::Receiver<bool>>,
+}
+
+impl Caches {
+    fn spawn(client: &Client, hashed_ns: &str, scopes: &[Option<String>], router: &Router) -> Self {
+        let mut tasks = Vec::new();
+        let mut synced = Vec::new();
+        let (hashed, writer) = reflector::store();
+        let (ready, rx) = watch::channel(false);
+        synced.push(rx);
+        tasks.push(tokio::spawn(reflect(
+            Api::<Secret>::namespaced(client.clone(), hashed_ns),
+            watcher::Config::default().labels(hashed::SELECTOR),
+            writer,
+            ready,
+            router.clone(),
+            refs_of_hashed_secret,
+        )));
+        let (reports, writer) = reflector::store();
+        let (ready, rx) = watch::channel(false);
+        synced.push(rx);
+        let mut report_index = ReportIndex::default();
+        tasks.push(tokio::spawn(reflect(
+            Api::<UsageReport>::namespaced(client.clone(), hashed_ns),
+            watcher::Config::default().labels(REPORT_LABEL),
+            writer,
+            ready,
+            router.clone(),
+            move |r: &UsageReport, change| report_index.refs(r, change),
+        )));
+        let delivery_selector = hashed::delivery_selector(None);
+        let mut delivery = Vec::new();
+        for scope in scopes {
+            let api = match scope {
+                None => Api::<Secret>::all(client.clone()),
+                Some(ns) => Api::<Secret>::namespaced(client.clone(), ns),
+            };
+            let (store, writer) = reflector::store();
+            let (ready, rx) = watch::channel(false);
+            synced.push(rx);
+            tasks.push(tokio::spawn(reflect(
+                api,
+                watcher::Config::default().labels(&delivery_selector),
+                writer,
+                ready,
+                router.clone(),
+                refs_of_delivery_secret,
+            )));
+            delivery.push((scope.clone(), store));
+        }
+        Self {
+            hashed,
+            reports,
+            delivery,
+            tasks,
+            synced,
+        }
+    }
+
+    fn into_context(self, client: Client, cfg: &Arc<Config>, metrics: &Arc<Metrics>) -> Context {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.to_owned(),
+                instance: Some(cfg.identity.clone()),
+            },
+        );
+        Context {
+            client,
+            cfg: cfg.clone(),
+            hashed: self.hashed,
+            delivery: self.delivery,
+            reports: self.reports,
+            recorder,
+            metrics: metrics.clone(),
+            usage_writes: Mutex::default(),
+            failures: Mutex::default(),
+            bucket: Mutex::new(Bucket::new(cfg.status_write_qps, Instant::now())),
+        }
+    }
+}
+
+/// The ApiToken controller of one scope: its store, its "first list done"
+/// flag and the future that runs it.
+fn controller_for(
+    client: &Client,
+    scope: Option<&str>,
+    rx: UnboundedReceiver<Ref>,
+    all_rx: UnboundedReceiver<()>,
+    ctx: &Arc<Context>,
+    term: &CancellationToken,
+) -> (
+    Store<ApiToken>,
+    watch::Receiver<bool>,
+    futures::future::BoxFuture<'static, ()>,
+) {
+    let api = match scope {
+        None => Api::<ApiToken>::all(client.clone()),
+        Some(ns) => Api::<ApiToken>::namespaced(client.clone(), ns),
+    };
+    let (store, writer) = reflector::store();
+    let (ready, ready_rx) = watch::channel(false);
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, watcher::Config::default()).default_backoff(),
+    )
+    .inspect(move |event| {
+        if matches!(event, Ok(Event::InitDone)) {
+            ready.send_replace(true);
+        }
+    })
+    .applied_objects();
+    let run = Controller::for_stream(stream, store.clone())
+        .with_config(controller::Config::default().concurrency(CONCURRENCY))
+        .reconcile_on(rx)
+        .reconcile_all_on(all_rx)
+        .graceful_shutdown_on(term.clone().cancelled_owned())
+        .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
+        .for_each(|res| async move {
+            match res {
+                Ok(_) => {}
+                Err(controller::Error::ReconcilerFailed(e, obj)) => {
+                    debug!(error = %e, object = %obj, "reconcile failed");
+                }
+                Err(e) => warn!(error = %e, "controller"),
+            }
+        })
+        .boxed();
+    (store, ready_rx, run)
 }
 
 /// Waits until every flag is up; false if cancelled first (or a flag's

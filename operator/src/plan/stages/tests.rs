@@ -372,18 +372,23 @@ fn a_usage_only_change_waits_for_the_interval() {
     assert_eq!(status_write(&f, None, unchanged, None), (None, None));
 }
 
-#[test]
-fn the_wake_up_is_the_earliest_future_deadline() {
-    let mut c = Case::new(r#"{"product":"acme"}"#);
-    c.token.spec.expires_at = Some(t(100));
-    let f = c.frame();
-    let folded = usage::fold(
+/// Usage of a token no report mentions.
+fn no_usage() -> Folded {
+    usage::fold(
         "u1",
         &Default::default(),
         &[],
         t(0),
         TimeDelta::seconds(120),
-    );
+    )
+}
+
+#[test]
+fn the_wake_up_is_the_earliest_future_deadline() {
+    let mut c = Case::new(r#"{"product":"acme"}"#);
+    c.token.spec.expires_at = Some(t(100));
+    let f = c.frame();
+    let folded = no_usage();
     let reveal = Delivery {
         reveal_deadline: Some(t(-5)),
         ..Delivery::default()
@@ -403,13 +408,7 @@ fn the_desired_status_carries_identity_usage_and_the_ready_condition() {
     let i = issued(&f, &sourced.source);
     let rec = desired_record(&f, None, &i);
     let d = delivery(&f, &sourced.source, &i);
-    let folded = usage::fold(
-        "u1",
-        &Default::default(),
-        &[],
-        t(0),
-        TimeDelta::seconds(120),
-    );
+    let folded = no_usage();
     let readiness = readiness(&f, Phase::Active, &sourced, true, &d);
     let s = desired_status(
         &f,
