@@ -292,8 +292,15 @@ function trapFocus(dialog) {
     (back?.isConnected ? back : $('#create')).focus();
   });
   for (const button of dialog.querySelectorAll('[data-close]')) {
-    button.addEventListener('click', () => dialog.close());
+    button.addEventListener('click', () => shut(dialog));
   }
+}
+
+// Closes a dialog. The token dialog forgets its token here, synchronously:
+// the `close` event comes later, as a task of its own.
+function shut(dialog) {
+  if (dialog.id === 'token-dialog') forgetToken();
+  dialog.close();
 }
 
 async function submitting(form, work) {
@@ -482,6 +489,8 @@ function setUpWhere() {
 
 async function start() {
   for (const dialog of document.querySelectorAll('dialog')) trapFocus(dialog);
+  // Escape (`cancel`) and any other way of closing forget the token too.
+  $('#token-dialog').addEventListener('cancel', forgetToken);
   $('#token-dialog').addEventListener('close', forgetToken);
   $('#copy-token').addEventListener('click', async () => {
     try {
