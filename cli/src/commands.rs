@@ -287,15 +287,18 @@ impl Session {
         grace: Option<Duration>,
     ) -> Result<Regeneration> {
         let token = self.get_token(name).await?;
-        if is_revoked(&token) {
-            return Err(Error::Refused(format!(
-                "apitoken {name:?} is revoked: revocation is permanent and a revoked token is never re-issued; create a new token"
-            )));
-        }
-        if let Some(when) = expired(&token, Utc::now()) {
-            return Err(Error::Refused(format!(
-                "apitoken {name:?} {when}: a regenerated token would be expired too; create a new token"
-            )));
+        match ended(&token, Utc::now()) {
+            Some(Ended::Revoked) => {
+                return Err(Error::Refused(format!(
+                    "apitoken {name:?} is revoked: revocation is permanent and a revoked token is never re-issued; create a new token"
+                )));
+            }
+            Some(Ended::Expired(when)) => {
+                return Err(Error::Refused(format!(
+                    "apitoken {name:?} {when}: a regenerated token would be expired too; create a new token"
+                )));
+            }
+            None => {}
         }
         let target = self.bump_regeneration(name, &token, grace).await?;
         Ok(Regeneration {
@@ -712,18 +715,36 @@ fn delivery_mode(token: &ApiToken) -> Option<DeliveryMode> {
 
 /// Why `activate` (`active`) or `deactivate` cannot help this token, if so.
 fn toggle_refusal(token: &ApiToken, active: bool, now: DateTime<Utc>) -> Option<String> {
-    if is_revoked(token) {
-        return Some(if active {
+    match ended(token, now)? {
+        Ended::Revoked if active => Some(
             "is revoked: revocation is permanent, so it cannot be activated again; create a new token"
-                .into()
-        } else {
-            "is revoked: it is already permanently inactive".into()
-        });
+                .into(),
+        ),
+        Ended::Revoked => Some("is revoked: it is already permanently inactive".into()),
+        Ended::Expired(when) if active => Some(format!(
+            "{when}: activating it would not make it usable; create a new token"
+        )),
+        Ended::Expired(_) => None,
     }
-    let when = expired(token, now).filter(|_| active)?;
-    Some(format!(
-        "{when}: activating it would not make it usable; create a new token"
-    ))
+}
+
+/// A state no `active` flag or regeneration can leave.
+enum Ended {
+    /// Revoked, for good.
+    Revoked,
+    /// Expired; "expired at …".
+    Expired(String),
+}
+
+/// Whether the token has ended, and how, by the precedence of
+/// [`Phase::of`] (revoked before expired).
+fn ended(token: &ApiToken, now: DateTime<Utc>) -> Option<Ended> {
+    let expiry = expired(token, now);
+    match Phase::of(is_revoked(token), expiry.is_some(), true, true) {
+        Phase::Revoked => Some(Ended::Revoked),
+        Phase::Expired => expiry.map(Ended::Expired),
+        _ => None,
+    }
 }
 
 fn is_revoked(token: &ApiToken) -> bool {

@@ -183,7 +183,7 @@ async fn deactivate_activate_and_revoke_update_record_status_and_events() {
 }
 
 #[tokio::test]
-async fn expiry_turns_the_phase_within_a_second_of_expires_at() {
+async fn expiry_turns_the_phase_at_expires_at_not_at_the_resync() {
     let w = World::new("expiry").await;
     let op = w.start(&[]).await;
     let expires = rfc3339_in(Duration::from_secs(2));
@@ -198,10 +198,10 @@ async fn expiry_turns_the_phase_within_a_second_of_expires_at() {
     let lag = seen - expires_at;
     eprintln!("expired {} ms after expiresAt", lag.num_milliseconds());
     assert!(lag.num_milliseconds() >= 0);
-    assert!(
-        lag.num_milliseconds() < 1000,
-        "expired {lag} after expiresAt"
-    );
+    // The periodic resync is minutes away: a phase change within seconds is
+    // the wake-up timed at expiresAt (about 20 ms late on an idle machine;
+    // the margin is for a loaded one, not for a late wake-up).
+    assert!(lag.num_seconds() < 15, "expired {lag} after expiresAt");
     let ready = t.status.unwrap().conditions[0].clone();
     assert_eq!(ready.reason, condition::REASON_EXPIRED);
     op.stop().await.unwrap();

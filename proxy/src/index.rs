@@ -479,7 +479,7 @@ impl IndexWriter {
             return Ok(p.clone());
         }
         let header = HeaderValue::from_str(name)
-            .map_err(|_| Error::InvalidRecord("product is not a valid header value".into()))?;
+            .map_err(|_| Error::InvalidRecord("product is not a valid header value"))?;
         let p = Arc::new(Product {
             name: name.into(),
             header,
@@ -491,40 +491,34 @@ impl IndexWriter {
 
     /// Validates and compacts one record.
     pub fn compact(&mut self, r: &HashedRecord) -> Result<Arc<Record>> {
-        r.validate()
-            .map_err(|e| Error::InvalidRecord(e.to_string()))?;
+        r.validate()?;
         let label_len = r.namespace.len() + 1 + r.name.len();
         let (Ok(ns_len), Ok(label_len16)) =
             (u16::try_from(r.namespace.len()), u16::try_from(label_len))
         else {
-            return Err(Error::InvalidRecord("namespace or name too long".into()));
+            return Err(Error::InvalidRecord("namespace or name too long"));
         };
         if r.namespace.contains('/') || label_len + r.uid.len() > usize::from(u16::MAX) {
             return Err(Error::InvalidRecord(
-                "namespace holds '/' or identity too long".into(),
+                "namespace holds '/' or identity too long",
             ));
         }
         for s in [&r.namespace, &r.name, &r.uid] {
             if HeaderValue::from_str(s).is_err() {
-                return Err(Error::InvalidRecord(
-                    "identity is not a valid header value".into(),
-                ));
+                return Err(Error::InvalidRecord("identity is not a valid header value"));
             }
         }
         let expires_at = nanos(r.expires_at);
         let mut slots = Vec::with_capacity(r.hashes.len());
         for h in &r.hashes {
-            let digest =
-                TokenHash::from_hex(&h.sha256).map_err(|e| Error::InvalidRecord(e.to_string()))?;
+            let digest = TokenHash::from_hex(&h.sha256)?;
             slots.push(HashSlot {
                 digest,
                 until: expires_at.min(nanos(h.not_after)),
             });
         }
         let mut slots = slots.into_iter();
-        let first = slots
-            .next()
-            .ok_or_else(|| Error::InvalidRecord("no hash".into()))?;
+        let first = slots.next().ok_or(Error::InvalidRecord("no hash"))?;
         let more: Vec<HashSlot> = slots.collect();
         let mut text = String::with_capacity(label_len + r.uid.len());
         text.push_str(&r.namespace);

@@ -25,24 +25,81 @@ pub mod verdict;
 
 pub use config::{Args, Config};
 
-/// Errors of the proxy. Messages never contain a plaintext token.
+/// Errors of the proxy: each keeps its cause as its `source()`. Messages
+/// never contain a plaintext token.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A flag has an unusable value; the message names the flag.
     #[error("{0}")]
     Config(String),
-    /// A token record cannot be used.
+    /// A listening address given by a flag cannot be bound.
+    #[error("--{flag}: cannot listen on {addr}: {source}")]
+    Listen {
+        /// The flag, without the dashes.
+        flag: &'static str,
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A token record breaks a rule of the proxy's own.
     #[error("invalid token record: {0}")]
-    InvalidRecord(String),
-    /// The token source could not be read.
-    #[error("token source: {0}")]
-    Source(String),
+    InvalidRecord(&'static str),
+    /// The contract crate refused a record or digest.
+    #[error(transparent)]
+    Contract(#[from] prodgy_crds::Error),
+    /// A token file or directory could not be read.
+    #[error("token source {}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A token file is not JSON (one record) or not a JSON array.
+    #[error("token source {}: {source}", path.display())]
+    Json {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The parser's error.
+        source: serde_json::Error,
+    },
+    /// A token file's array is cut short or followed by something.
+    #[error("token source {}: {message}", path.display())]
+    Array {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What the scanner found.
+        message: String,
+    },
+    /// The blocking task that loads the token files failed.
+    #[error("token source: load task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
     /// A Kubernetes API call failed.
     #[error("kubernetes: {0}")]
-    Kube(String),
-    /// Logging could not be set up.
+    Kube(#[from] kube::Error),
+    /// A usage report was deleted while this process still wrote it.
+    #[error("usage report {name} was retired while in use; its counts go out in epoch {epoch}")]
+    ReportRetired {
+        /// The report.
+        name: String,
+        /// The epoch the counts move to.
+        epoch: String,
+    },
+    /// The OS random source failed.
+    #[error("random source failed: {0}")]
+    Random(#[from] getrandom::Error),
+    /// A built-in log filter directive does not parse.
+    #[error("logging: {directive}: {source}")]
+    LogFilter {
+        /// The directive.
+        directive: &'static str,
+        /// The parser's error.
+        source: tracing_subscriber::filter::ParseError,
+    },
+    /// A global logger was already installed.
     #[error("logging: {0}")]
-    Logging(String),
+    LogInit(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Result alias of the proxy crate.
@@ -63,9 +120,10 @@ pub fn init_logging(format: config::LogFormat) -> Result<()> {
         "hyper=info",
         "hyper_util=info",
     ] {
-        let directive = cap
-            .parse()
-            .map_err(|e| Error::Logging(format!("{cap}: {e}")))?;
+        let directive = cap.parse().map_err(|source| Error::LogFilter {
+            directive: cap,
+            source,
+        })?;
         filter = filter.add_directive(directive);
     }
     let builder = tracing_subscriber::fmt()
@@ -75,7 +133,7 @@ pub fn init_logging(format: config::LogFormat) -> Result<()> {
         config::LogFormat::Json => builder.json().flatten_event(true).try_init(),
         config::LogFormat::Text => builder.try_init(),
     };
-    res.map_err(|e| Error::Logging(e.to_string()))
+    res.map_err(Error::LogInit)
 }
 
 /// Validates the flags, sets up logging and runs the proxy until shutdown.

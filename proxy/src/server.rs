@@ -184,10 +184,10 @@ impl BackgroundService for Control {
     }
 }
 
-fn check_bind(addr: SocketAddr, flag: &str) -> Result<()> {
+fn check_bind(addr: SocketAddr, flag: &'static str) -> Result<()> {
     TcpListener::bind(addr)
         .map(drop)
-        .map_err(|e| Error::Config(format!("--{flag}: cannot listen on {addr}: {e}")))
+        .map_err(|source| Error::Listen { flag, addr, source })
 }
 
 /// Runs the proxy until SIGTERM/SIGINT.

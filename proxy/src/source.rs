@@ -61,7 +61,7 @@ impl Loaded {
     }
 
     fn take(&mut self, writer: &mut IndexWriter, file: &Path, position: usize, json: &[u8]) {
-        match HashedRecord::from_json(json).map_err(|e| Error::InvalidRecord(e.to_string())) {
+        match HashedRecord::from_json(json).map_err(Error::from) {
             Ok(r) => match writer.compact(&r) {
                 Ok(rec) => self.records.push(rec),
                 Err(e) => self.skip(writer, file, position, &e),
@@ -74,7 +74,10 @@ impl Loaded {
 /// The files behind a path: the file itself, or a directory's `*.json`
 /// files in name order.
 pub fn files(path: &Path) -> Result<Vec<PathBuf>> {
-    let io = |e: std::io::Error| Error::Source(format!("{}: {e}", path.display()));
+    let io = |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    };
     let meta = std::fs::metadata(path).map_err(io)?;
     if !meta.is_dir() {
         return Ok(vec![path.to_owned()]);
@@ -98,8 +101,10 @@ pub fn fingerprint(path: &Path) -> Result<Fingerprint> {
     files(path)?
         .into_iter()
         .map(|f| {
-            let m = std::fs::metadata(&f)
-                .map_err(|e| Error::Source(format!("{}: {e}", f.display())))?;
+            let m = std::fs::metadata(&f).map_err(|source| Error::Io {
+                path: f.clone(),
+                source,
+            })?;
             Ok((f, m.len(), m.modified().ok()))
         })
         .collect()
@@ -116,11 +121,15 @@ pub fn load_path(writer: &mut IndexWriter, path: &Path) -> Result<Loaded> {
 }
 
 fn load_file(writer: &mut IndexWriter, file: &Path, loaded: &mut Loaded) -> Result<()> {
-    let fail = |e: &dyn std::fmt::Display| Error::Source(format!("{}: {e}", file.display()));
-    let f = File::open(file).map_err(|e| fail(&e))?;
+    let path = || file.to_owned();
+    let io = |source| Error::Io {
+        path: path(),
+        source,
+    };
+    let f = File::open(file).map_err(io)?;
     let mut reader = BufReader::with_capacity(256 * 1024, f);
     let first = loop {
-        let buf = reader.fill_buf().map_err(|e| fail(&e))?;
+        let buf = reader.fill_buf().map_err(io)?;
         match buf.iter().position(|b| !b.is_ascii_whitespace()) {
             Some(i) => {
                 let b = buf[i];
@@ -148,14 +157,20 @@ fn load_file(writer: &mut IndexWriter, file: &Path, loaded: &mut Loaded) -> Resu
                 loaded.take(writer, file, position, element);
                 position += 1;
             })
-            .map_err(|e| fail(&e))
+            .map_err(|message| Error::Array {
+                path: path(),
+                message,
+            })
         }
         Some(_) => {
             let mut bytes = Vec::new();
-            reader.read_to_end(&mut bytes).map_err(|e| fail(&e))?;
+            reader.read_to_end(&mut bytes).map_err(io)?;
             // One record: syntax errors fail the file, a bad record is skipped.
-            if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
-                return Err(fail(&e));
+            if let Err(source) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+                return Err(Error::Json {
+                    path: path(),
+                    source,
+                });
             }
             loaded.take(writer, file, 0, &bytes);
             Ok(())
@@ -277,8 +292,7 @@ pub async fn reload_if_changed(
         w.replace_all(loaded.records);
         Ok(counts)
     })
-    .await
-    .map_err(|e| Error::Source(format!("load task failed: {e}")))??;
+    .await??;
     let w = lock(writer);
     let sync = &w.index().sync;
     sync.set_invalid_now(loaded.1);
@@ -323,11 +337,11 @@ pub async fn run_file(writer: SharedWriter, path: PathBuf, interval: Duration) {
 pub fn record_of_secret(writer: &mut IndexWriter, s: &Secret) -> Result<Arc<Record>> {
     let name = s.metadata.name.as_deref().unwrap_or_default();
     let uid = HashedRecord::uid_of_secret_name(name)
-        .ok_or_else(|| Error::InvalidRecord("Secret name is not apitoken-<uid>".into()))?;
-    let r = HashedRecord::from_secret(s).map_err(|e| Error::InvalidRecord(e.to_string()))?;
+        .ok_or(Error::InvalidRecord("Secret name is not apitoken-<uid>"))?;
+    let r = HashedRecord::from_secret(s)?;
     if r.uid != uid {
         return Err(Error::InvalidRecord(
-            "Secret name does not match the record's uid".into(),
+            "Secret name does not match the record's uid",
         ));
     }
     writer.compact(&r)
@@ -567,6 +581,34 @@ mod tests {
         })?;
         assert_eq!(out, fast);
         Ok(out)
+    }
+
+    #[test]
+    fn load_errors_keep_their_causes() {
+        use std::error::Error as _;
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.json");
+        let e = load_path(&mut lock(&writer()), &missing).unwrap_err();
+        let io = e.source().and_then(|c| c.downcast_ref::<std::io::Error>());
+        assert_eq!(
+            io.map(std::io::Error::kind),
+            Some(std::io::ErrorKind::NotFound)
+        );
+        assert!(e.to_string().contains("missing.json"), "{e}");
+
+        let broken = dir.path().join("broken.json");
+        std::fs::write(&broken, "{\"version\": ").unwrap();
+        let e = load_path(&mut lock(&writer()), &broken).unwrap_err();
+        assert!(
+            e.source().is_some_and(|c| c.is::<serde_json::Error>()),
+            "{e:?}"
+        );
+
+        let t = Token::generate("prod").unwrap();
+        let mut r = hashed("u1", &t);
+        r.hashes[0].sha256 = "not-hex".into();
+        let e = lock(&writer()).compact(&r).unwrap_err();
+        assert!(matches!(e, Error::Contract(_)), "{e:?}");
     }
 
     #[test]

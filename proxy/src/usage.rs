@@ -30,7 +30,7 @@ pub const FIELD_MANAGER: &str = "prodgy-proxy";
 pub fn new_epoch() -> Result<String> {
     const ALPHABET: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
     let mut bytes = [0u8; 10];
-    getrandom::fill(&mut bytes).map_err(|e| Error::Config(format!("random source failed: {e}")))?;
+    getrandom::fill(&mut bytes)?;
     Ok(bytes
         .iter()
         .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
@@ -142,11 +142,7 @@ impl Reporter {
         let (mut found, mut missing) = (Vec::new(), false);
         for shard in shards {
             let name = report_name(&self.replica, &self.epoch, shard);
-            match api
-                .get_opt(&name)
-                .await
-                .map_err(|e| Error::Kube(e.to_string()))?
-            {
+            match api.get_opt(&name).await? {
                 Some(r) if r.spec.epoch == self.epoch => {
                     self.ack(&r);
                     found.push(r.spec.updated_at);
@@ -277,17 +273,15 @@ impl Reporter {
             Err(kube::Error::Api(s)) if s.code == 404 && self.was_written(r.spec.shard) => {
                 let epoch = new_epoch()?;
                 self.rotate(epoch);
-                Err(Error::Kube(format!(
-                    "usage report {name} was retired while in use; its counts go out in epoch {}",
-                    self.epoch
-                )))
+                Err(Error::ReportRetired {
+                    name,
+                    epoch: self.epoch.clone(),
+                })
             }
-            Err(kube::Error::Api(s)) if s.code == 404 => api
-                .create(&PostParams::default(), r)
-                .await
-                .map(drop)
-                .map_err(|e| Error::Kube(e.to_string())),
-            Err(e) => Err(Error::Kube(e.to_string())),
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                Ok(api.create(&PostParams::default(), r).await.map(drop)?)
+            }
+            Err(e) => Err(e.into()),
         }
     }
 }

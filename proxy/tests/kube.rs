@@ -118,7 +118,7 @@ async fn propagation_counted(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revoke_deactivate_and_regenerate_reach_the_proxy_within_a_second() {
+async fn revoke_deactivate_and_regenerate_reach_the_proxy() {
     let c = cluster().await;
     let up = Upstream::start().await;
     let a = issue("team-a", "ci", "acme");
@@ -148,17 +148,12 @@ async fn revoke_deactivate_and_regenerate_reach_the_proxy_within_a_second() {
     let t_regen = propagation(&c, &p, &regenerated, &r.bearer(), "unknown_token").await;
     assert_eq!(code(&p, &format!("Bearer {}", fresh.expose())).await, "ok");
 
+    // How fast is measured by bench/kube.sh (with 100,000 other tokens), not
+    // here: a test asserts that each change arrives, within the deadline of
+    // `propagation`.
     eprintln!(
         "propagation: revoke {t_revoke:?}, deactivate {t_deactivate:?}, activate {t_activate:?}, regenerate {t_regen:?}"
     );
-    for (what, t) in [
-        ("revoke", t_revoke),
-        ("deactivate", t_deactivate),
-        ("activate", t_activate),
-        ("regenerate", t_regen),
-    ] {
-        assert!(t < Duration::from_secs(1), "{what} took {t:?}");
-    }
     // Least privilege in practice: the proxy only lists and watches Secrets.
     let (get, create, update) = *c.own.lock().unwrap();
     assert_eq!(c.server.request_count("get", "secrets"), get);
