@@ -536,19 +536,33 @@ pub async fn upload(
                 continue;
             };
             let name = q.name.clone().unwrap_or(file_name);
-            check_name(&name).map_err(|m| Error::invalid("name", m))?;
-            let ct = content_type_for(&name, field.content_type())?;
-            let (created, file) = receive(&state, &caller.product, &name, &ct, field).await?;
-            return Ok(uploaded(created, file));
+            let sent = field.content_type().map(str::to_owned);
+            return store(&state, &caller.product, &name, sent.as_deref(), field).await;
         }
     }
     let name = q
         .name
         .ok_or_else(|| Error::invalid("name", "is required for a raw upload (?name=…)"))?;
-    check_name(&name).map_err(|m| Error::invalid("name", m))?;
-    let ct = content_type_for(&name, Some(&content_type))?;
     let stream = req.into_body().into_data_stream();
-    let (created, file) = receive(&state, &caller.product, &name, &ct, stream).await?;
+    store(&state, &caller.product, &name, Some(&content_type), stream).await
+}
+
+/// Stores `body` as the file `name` (checked) with the content type the
+/// client sent, or one guessed from the name; the upload's answer.
+async fn store<S, E>(
+    state: &AppState,
+    product: &str,
+    name: &str,
+    sent: Option<&str>,
+    body: S,
+) -> Result<Response>
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    check_name(name).map_err(|m| Error::invalid("name", m))?;
+    let ct = content_type_for(name, sent)?;
+    let (created, file) = receive(state, product, name, &ct, body).await?;
     Ok(uploaded(created, file))
 }
 
@@ -570,10 +584,7 @@ pub async fn put(
     let sent = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    let ct = content_type_for(&name, sent)?;
-    let (created, file) =
-        receive(&state, &caller.product, &name, &ct, body.into_data_stream()).await?;
-    Ok(uploaded(created, file))
+    store(&state, &caller.product, &name, sent, body.into_data_stream()).await
 }
 
 /// List files, newest first.

@@ -470,11 +470,6 @@ async fn a_client_that_leaves_stops_the_work() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let metrics = reqwest::get(format!("{}/metrics", app.ops))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(metrics.contains("prodgy_api_chat_streams 0"), "{metrics}");
 }

@@ -37,6 +37,17 @@ async fn execution(api: &Api, agent: &str, id: &str) -> Value {
         .1
 }
 
+/// The execution once it has finished, checked to have ended as `status`
+/// after `attempts` attempts.
+async fn finished(api: &Api, agent: &str, exe: &str, status: &str, attempts: u64) -> Value {
+    let done = api
+        .wait_execution(agent, exe, Duration::from_secs(10))
+        .await;
+    assert_eq!(done["status"], status, "{done}");
+    assert_eq!(done["attempts"], attempts, "{done}");
+    done
+}
+
 async fn queued_work_survives_a_restart(b: Backend) {
     let env = Env::new(&b).await;
     let upstream = Upstream::start().await;
@@ -53,11 +64,7 @@ async fn queued_work_survives_a_restart(b: Backend) {
 
     let app = env.start().await;
     let api = app.client("acme");
-    let done = api
-        .wait_execution(&agent, &exe, Duration::from_secs(10))
-        .await;
-    assert_eq!(done["status"], "succeeded", "{done}");
-    assert_eq!(done["attempts"], 1);
+    finished(&api, &agent, &exe, "succeeded", 1).await;
     assert_eq!(upstream.requests()[0].path, "/items/1");
 }
 
@@ -82,11 +89,7 @@ async fn an_interrupted_execution_is_retried_after_its_lease(b: Backend) {
     app.kill();
     let app = env.start_with(config).await;
     let api = app.client("acme");
-    let done = api
-        .wait_execution(&agent, &exe, Duration::from_secs(10))
-        .await;
-    assert_eq!(done["status"], "succeeded", "{done}");
-    assert_eq!(done["attempts"], 2);
+    finished(&api, &agent, &exe, "succeeded", 2).await;
     assert_eq!(upstream.requests().len(), 2);
 }
 
@@ -105,23 +108,14 @@ async fn an_execution_that_keeps_dying_is_failed_after_its_attempts() {
     app.kill();
     let app = env.start_with(config).await;
     let api = app.client("acme");
-    let done = api
-        .wait_execution(&agent, &exe, Duration::from_secs(10))
-        .await;
-    assert_eq!(done["status"], "failed");
-    assert_eq!(done["attempts"], 1);
+    let done = finished(&api, &agent, &exe, "failed", 1).await;
     let error = done["error"].as_str().unwrap();
     assert!(
         error.contains("interrupted") && error.contains("1 attempts"),
         "{error}"
     );
     assert_eq!(upstream.requests().len(), 1, "not run again");
-    let metrics = reqwest::get(format!("{}/metrics", app.ops))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("prodgy_api_executions{status=\"failed\"} 1"),
         "{metrics}"
@@ -158,12 +152,7 @@ async fn a_graceful_shutdown_hands_running_work_back() {
         "released without using an attempt"
     );
     let app = env.start().await;
-    let done = app
-        .client("acme")
-        .wait_execution(&agent, &exe, Duration::from_secs(10))
-        .await;
-    assert_eq!(done["status"], "succeeded");
-    assert_eq!(done["attempts"], 1);
+    finished(&app.client("acme"), &agent, &exe, "succeeded", 1).await;
 }
 
 async fn count(app: &support::Running, sql: &str) -> i64 {
@@ -494,22 +483,13 @@ async fn the_binary_starts_with_zero_setup_and_stops_on_sigterm() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    let r = http
-        .get(format!("{data}/api/agent-base"))
-        .header("x-prodgy-product", "acme")
-        .header("x-prodgy-scopes", "*")
+    let r = support::as_acme(http.get(format!("{data}/api/agent-base")))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let metrics = http
-        .get(format!("{ops}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = http.get(format!("{ops}/metrics")).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
     assert!(
         metrics.contains(
             "prodgy_api_requests_total{group=\"agents\",method=\"GET\",status=\"401\"} 1"

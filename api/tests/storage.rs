@@ -199,6 +199,11 @@ async fn files_round_trip_with_ranges_and_replacement(b: Backend, store: Store) 
     assert_eq!(s, StatusCode::BAD_REQUEST);
 }
 
+/// The status of the answer to `request`.
+async fn status(request: reqwest::RequestBuilder) -> StatusCode {
+    request.send().await.unwrap().status()
+}
+
 async fn names_cannot_escape_the_store(b: Backend, store: Store) {
     let env = Env::on(&b, store).await;
     let app = env.start().await;
@@ -229,36 +234,28 @@ async fn names_cannot_escape_the_store(b: Backend, store: Store) {
     .await;
     assert!(s == 404 || s == 400, "{s}");
     for name in ["../up.txt", "/abs.txt", "a/b.txt", "..", "tab\there"] {
-        let r = api
+        let upload = api
             .req(Method::POST, "/api/knowledge-base/storage")
             .query(&[("name", name)])
-            .body("pwned")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{name}");
+            .body("pwned");
+        assert_eq!(status(upload).await, StatusCode::BAD_REQUEST, "{name}");
         let form = reqwest::multipart::Form::new().part(
             "file",
             reqwest::multipart::Part::bytes(b"pwned".to_vec()).file_name(name.to_owned()),
         );
-        let r = api
+        let upload = api
             .req(Method::POST, "/api/knowledge-base/storage")
-            .multipart(form)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "multipart {name}");
+            .multipart(form);
+        let want = StatusCode::BAD_REQUEST;
+        assert_eq!(status(upload).await, want, "multipart {name}");
     }
     // Odd but legal names are stored under generated keys, never as paths.
     for name in ["..hidden", "résumé 2024.txt", "a..b"] {
-        let r = api
+        let upload = api
             .req(Method::POST, "/api/knowledge-base/storage")
             .query(&[("name", name)])
-            .body("fine")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::CREATED, "{name}");
+            .body("fine");
+        assert_eq!(status(upload).await, StatusCode::CREATED, "{name}");
     }
     let blobs = env.blobs().await;
     assert_eq!(blobs.len(), 3);
@@ -585,10 +582,7 @@ async fn a_large_file_streams_through_bounded_memory(s3: Option<&support::s3::Mo
     let chunks = futures::stream::iter(0..SIZE_MIB)
         .map(move |i| Ok::<_, std::io::Error>(large_chunk(&upload_base, i)));
     let started = std::time::Instant::now();
-    let r = http
-        .put(format!("{}/api/knowledge-base/storage/big.bin", bin.data))
-        .header("x-prodgy-product", "acme")
-        .header("x-prodgy-scopes", "*")
+    let r = support::as_acme(http.put(format!("{}/api/knowledge-base/storage/big.bin", bin.data)))
         .header("content-type", "application/octet-stream")
         .body(reqwest::Body::wrap_stream(chunks))
         .send()
@@ -601,10 +595,7 @@ async fn a_large_file_streams_through_bounded_memory(s3: Option<&support::s3::Mo
     let after_upload = vm_hwm_kib(pid);
 
     let started = std::time::Instant::now();
-    let r = http
-        .get(format!("{}/api/knowledge-base/storage/big.bin", bin.data))
-        .header("x-prodgy-product", "acme")
-        .header("x-prodgy-scopes", "*")
+    let r = support::as_acme(http.get(format!("{}/api/knowledge-base/storage/big.bin", bin.data)))
         .send()
         .await
         .unwrap();

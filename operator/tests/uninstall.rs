@@ -29,13 +29,7 @@ fn has_finalizer(t: &prodgy_crds::ApiToken) -> bool {
 async fn release_lets_every_token_go_once_the_operator_is_stopped() {
     let w = World::new("uninstall").await;
     let lease_ns = format!("ops-{}", w.ns);
-    let flags = [
-        "--leader-election=true",
-        "--lease-namespace",
-        lease_ns.as_str(),
-        "--lease-duration",
-        "2s",
-    ];
+    let flags = support::leader_flags(&lease_ns);
     let cfg = w.config(&flags);
     let operator = w.start(&flags).await;
     for name in ["kept", "doomed"] {

@@ -198,15 +198,9 @@ async fn two_operators_elect_one_leader_and_only_it_writes() {
     let w = World::new("leader").await;
     let lease_ns = format!("ops-{}", w.ns);
     let flags = |id: &'static str| {
-        vec![
-            "--leader-election=true",
-            "--lease-namespace",
-            lease_ns.as_str(),
-            "--lease-duration",
-            "2s",
-            "--identity",
-            id,
-        ]
+        let mut flags = leader_flags(&lease_ns);
+        flags.extend(["--identity", id]);
+        flags
     };
     let a = w.start(&flags("op-a")).await;
     eventually("a leads", Duration::from_secs(5), || async {
@@ -249,13 +243,7 @@ async fn two_operators_elect_one_leader_and_only_it_writes() {
 async fn a_leader_that_cannot_renew_steps_down_and_stops_reconciling() {
     let w = World::new("stepdown").await;
     let lease_ns = format!("ops-{}", w.ns);
-    let flags = [
-        "--leader-election=true",
-        "--lease-namespace",
-        lease_ns.as_str(),
-        "--lease-duration",
-        "2s",
-    ];
+    let flags = leader_flags(&lease_ns);
     let a = w.start(&flags).await;
     eventually("a leads", Duration::from_secs(5), || async {
         leader(&a).then_some(())

@@ -260,6 +260,12 @@ impl Running {
         self.server.as_ref().unwrap().state()
     }
 
+    /// The ops port's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let url = format!("{}/metrics", self.ops);
+        reqwest::get(url).await.unwrap().text().await.unwrap()
+    }
+
     pub async fn stop(mut self) {
         if let Some(s) = self.server.take() {
             s.shutdown().await;
@@ -372,6 +378,14 @@ impl Api {
 }
 
 /// Asserts an error body of the documented shape and returns its code.
+/// `request` with the identity the proxy injects for an unrestricted token
+/// of the product `acme`.
+pub fn as_acme(request: RequestBuilder) -> RequestBuilder {
+    request
+        .header("x-prodgy-product", "acme")
+        .header("x-prodgy-scopes", "*")
+}
+
 pub fn error_code(body: &Value) -> &str {
     let e = &body["error"];
     assert!(e["message"].is_string(), "no error message in {body}");

@@ -237,3 +237,15 @@ pub fn metric(text: &str, name_and_labels: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// Flags of an operator that takes part in leader election, with a 2 s
+/// lease in `lease_ns`.
+pub fn leader_flags(lease_ns: &str) -> Vec<&str> {
+    vec![
+        "--leader-election=true",
+        "--lease-namespace",
+        lease_ns,
+        "--lease-duration",
+        "2s",
+    ]
+}
