@@ -1,5 +1,5 @@
 //! The HTTP shell: `POST /leak-reports` on the leak-report port. In order:
-//! rate limit (429), hashed records loaded (503), body size (413), signature
+//! hashed records loaded (503), rate limit (429), body size (413), signature
 //! (401), body shape (400), then the plan of [`super::decide`] executed and
 //! answered (200). Errors use the JSON error envelope.
 
@@ -129,6 +129,12 @@ async fn report(State(s): State<Arc<LeakState>>, req: Request) -> Response {
 }
 
 async fn answer(s: &Arc<LeakState>, req: Request) -> (ReportResult, Response) {
+    if !s.index.is_synced() {
+        return unavailable(
+            "not_ready",
+            "the hashed records are still loading; retry shortly",
+        );
+    }
     let taken = s
         .bucket
         .lock()
@@ -141,12 +147,6 @@ async fn answer(s: &Arc<LeakState>, req: Request) -> (ReportResult, Response) {
             wait,
         );
         return (ReportResult::RateLimited, resp);
-    }
-    if !s.index.is_synced() {
-        return unavailable(
-            "not_ready",
-            "the hashed records are still loading; retry shortly",
-        );
     }
     let headers = req.headers().clone();
     let body = match Bytes::from_request(req, &()).await {
