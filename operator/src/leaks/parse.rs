@@ -136,7 +136,7 @@ mod tests {
     #[test]
     fn a_report_may_carry_at_most_max_tokens() {
         let one = r#"{"token":"t"}"#;
-        let body = format!("[{}]", vec![one; 3].join(","));
+        let body = format!("[{}]", [one; 3].join(","));
         assert_eq!(parse(body.as_bytes(), 3).unwrap().len(), 3);
         let e = parse(body.as_bytes(), 2).unwrap_err();
         assert_eq!(e, ParseError::TooMany { count: 3, max: 2 });

@@ -128,76 +128,125 @@ async fn report(State(s): State<Arc<LeakState>>, req: Request) -> Response {
     response
 }
 
+/// A refused report: its metric label and its error answer.
+#[derive(Debug)]
+struct Refusal {
+    result: ReportResult,
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    retry_after: Option<Duration>,
+}
+
+impl Refusal {
+    fn new(result: ReportResult, status: StatusCode, code: &'static str, message: String) -> Self {
+        Self {
+            result,
+            status,
+            code,
+            message,
+            retry_after: None,
+        }
+    }
+
+    fn into_response(self) -> Response {
+        let mut resp = envelope(self.status, self.code, self.message);
+        if let Some(wait) = self.retry_after {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        resp
+    }
+}
+
 async fn answer(s: &Arc<LeakState>, req: Request) -> (ReportResult, Response) {
-    if !s.index.is_synced() {
-        return unavailable(
-            "not_ready",
-            "the hashed records are still loading; retry shortly",
-        );
+    match handle(s, req).await {
+        Ok(response) => (ReportResult::Accepted, response),
+        Err(refusal) => (refusal.result, refusal.into_response()),
     }
-    let taken = s
-        .bucket
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take(Instant::now());
-    if let Err(wait) = taken {
-        let msg = "too many leak reports; retry later".to_owned();
-        let resp = with_retry_after(
-            envelope(StatusCode::TOO_MANY_REQUESTS, "rate_limited", msg),
-            wait,
-        );
-        return (ReportResult::RateLimited, resp);
-    }
+}
+
+async fn handle(s: &Arc<LeakState>, req: Request) -> Result<Response, Refusal> {
+    admit(s)?;
     let headers = req.headers().clone();
-    let body = match Bytes::from_request(req, &()).await {
-        Ok(b) => b,
-        Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            let msg = format!("the report is larger than {} bytes", s.cfg.max_body_bytes);
-            let resp = envelope(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", msg);
-            return (ReportResult::TooLarge, resp);
-        }
-        Err(_) => {
-            let resp = envelope(
-                StatusCode::BAD_REQUEST,
-                "unreadable_body",
-                "the body could not be read".into(),
-            );
-            return (ReportResult::Malformed, resp);
-        }
-    };
-    let signer = match s.cfg.verifier.verify(presented(&headers), &body) {
-        Ok(signer) => signer,
-        Err(e) => {
-            let resp = envelope(StatusCode::UNAUTHORIZED, "invalid_signature", e.to_string());
-            return (ReportResult::Unauthorized, resp);
-        }
-    };
-    let reports = match parse::parse(&body, s.cfg.max_tokens) {
-        Ok(r) => r,
-        Err(e) => {
-            let resp = envelope(StatusCode::BAD_REQUEST, e.code(), e.to_string());
-            return (ReportResult::Malformed, resp);
-        }
-    };
+    let body = read_body(s, req).await?;
+    let signer = s
+        .cfg
+        .verifier
+        .verify(presented(&headers), &body)
+        .map_err(|e| {
+            let (status, code) = (StatusCode::UNAUTHORIZED, "invalid_signature");
+            Refusal::new(ReportResult::Unauthorized, status, code, e.to_string())
+        })?;
+    let reports = parse::parse(&body, s.cfg.max_tokens).map_err(|e| {
+        Refusal::new(
+            ReportResult::Malformed,
+            StatusCode::BAD_REQUEST,
+            e.code(),
+            e.to_string(),
+        )
+    })?;
     let now = Utc::now();
     let plan = s
         .index
         .read(|idx| decide::plan_report(&reports, |d| idx.get(d), now));
     let acted = plan.patches.len();
     if !execute(s, plan.patches).await {
-        return unavailable(
+        return Err(unavailable(
             "action_failed",
             "a reported token could not be taken out of service; retry",
-        );
+        ));
     }
     for (outcome, n) in &plan.counts {
         s.metrics.leaks.tokens(outcome, *n);
     }
     info!(signer = ?signer, counts = ?plan.counts, acted, "leak report handled");
-    (
-        ReportResult::Accepted,
-        (StatusCode::OK, axum::Json(plan.answers)).into_response(),
-    )
+    Ok((StatusCode::OK, axum::Json(plan.answers)).into_response())
+}
+
+/// Readiness (an index still loading would call every token unknown), then
+/// the rate limit.
+fn admit(s: &LeakState) -> Result<(), Refusal> {
+    if !s.index.is_synced() {
+        return Err(unavailable(
+            "not_ready",
+            "the hashed records are still loading; retry shortly",
+        ));
+    }
+    let taken = s
+        .bucket
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take(Instant::now());
+    taken.map_err(|wait| Refusal {
+        retry_after: Some(wait),
+        ..Refusal::new(
+            ReportResult::RateLimited,
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many leak reports; retry later".to_owned(),
+        )
+    })
+}
+
+/// The raw body (the signature covers its exact bytes), within the limit.
+async fn read_body(s: &LeakState, req: Request) -> Result<Bytes, Refusal> {
+    Bytes::from_request(req, &()).await.map_err(|rej| {
+        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            let msg = format!("the report is larger than {} bytes", s.cfg.max_body_bytes);
+            let status = StatusCode::PAYLOAD_TOO_LARGE;
+            Refusal::new(ReportResult::TooLarge, status, "body_too_large", msg)
+        } else {
+            let msg = "the body could not be read".to_owned();
+            Refusal::new(
+                ReportResult::Malformed,
+                StatusCode::BAD_REQUEST,
+                "unreadable_body",
+                msg,
+            )
+        }
+    })
 }
 
 fn presented(headers: &HeaderMap) -> Presented<'_> {
@@ -249,22 +298,19 @@ async fn patch_one(s: Arc<LeakState>, p: Patch) -> bool {
     }
 }
 
-fn unavailable(code: &str, message: &str) -> (ReportResult, Response) {
-    let resp = envelope(StatusCode::SERVICE_UNAVAILABLE, code, message.to_owned());
-    (
-        ReportResult::Unavailable,
-        with_retry_after(resp, RETRY_UNAVAILABLE),
-    )
+fn unavailable(code: &'static str, message: &str) -> Refusal {
+    Refusal {
+        retry_after: Some(RETRY_UNAVAILABLE),
+        ..Refusal::new(
+            ReportResult::Unavailable,
+            StatusCode::SERVICE_UNAVAILABLE,
+            code,
+            message.to_owned(),
+        )
+    }
 }
 
 fn envelope(status: StatusCode, code: &str, message: String) -> Response {
     let body = ErrorBody::new(code, message).to_json();
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
-}
-
-fn with_retry_after(mut resp: Response, wait: Duration) -> Response {
-    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    resp.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-    resp
 }
