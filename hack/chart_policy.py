@@ -183,6 +183,9 @@ def check_ingress(r, errors):
     data_port = proxy_ports.get("http")
     api_port = (flag(r.api_c.get("args"), "listen") or ":").rsplit(":", 1)[1]
     for ing in of_kind(r.objs, "Ingress"):
+        if ing["metadata"].get("labels", {}).get("prodgy.io/leak-reports") == "true":
+            check_leak_ingress(ing, services, errors)
+            continue
         backends = []
         for rule in ing["spec"].get("rules", []):
             for p in rule.get("http", {}).get("paths", []):
@@ -210,6 +213,21 @@ def check_ingress(r, errors):
                 errors.append(f"Ingress {name(ing)} reaches port {resolved}, not the proxy port {data_port}")
             if str(resolved) == api_port:
                 errors.append(f"Ingress {name(ing)} reaches the API port directly")
+
+
+def check_leak_ingress(ing, services, errors):
+    """The leak-report Ingress routes exactly /leak-reports to the operator's
+    leak-report port, and nothing else."""
+    paths = [p for rule in ing["spec"].get("rules", []) for p in rule.get("http", {}).get("paths", [])]
+    if ing["spec"].get("defaultBackend") or not paths:
+        errors.append(f"Ingress {name(ing)} must route /leak-reports only")
+    for p in paths:
+        svc = services.get(p["backend"].get("service", {}).get("name"))
+        ports = svc["spec"]["ports"] if svc else []
+        want = p["backend"]["service"]["port"].get("name")
+        if (p["path"], p["pathType"]) != ("/leak-reports", "Exact") or not any(
+                sp.get("name") == want and sp.get("targetPort") == "leak-reports" for sp in ports):
+            errors.append(f"Ingress {name(ing)} reaches {p['path']} beyond the leak-report port")
 
 
 def check_api_loopback(r, errors):
@@ -454,9 +472,13 @@ def mutations():
                         "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}]}]
 
     def ingress_to_metrics(objs):
-        ing = next(o for o in objs if o["kind"] == "Ingress")
+        ing = next(o for o in objs if o["kind"] == "Ingress" and component(o) == "api")
         ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] += "-metrics"
         ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["port"] = {"name": "api-metrics"}
+
+    def leak_ingress_wide_open(objs):
+        ing = next(o for o in objs if o["kind"] == "Ingress" and component(o) == "operator")
+        ing["spec"]["rules"][0]["http"]["paths"][0].update(path="/", pathType="Prefix")
 
     def api_on_all_interfaces(objs):
         c = container(objs, "api")
@@ -491,7 +513,7 @@ def mutations():
 
     return [release_not_a_hook, release_cannot_delete_hashed, add_get, proxy_role_elsewhere, proxy_cluster_binding, ingress_to_metrics,
             api_on_all_interfaces, writable_root, keeps_capabilities, token_in_api,
-            no_lease_namespace]
+            no_lease_namespace, leak_ingress_wide_open]
 
 
 def selftest(path):

@@ -89,6 +89,7 @@ refuse "two operators without leader election" "leaderElection" --set operator.l
 refuse "an unknown value" "Additional property" --set operator.replicas=3
 refuse "an unknown delivery mode" "deliveryMode" --set operator.deliveryMode=Email
 refuse "a malformed duration" "revealWindow" --set operator.revealWindow=10min
+refuse "a leak-report endpoint nobody can sign for" "must be signed" --set leakReports.enabled=true
 
 # --- offline schema validation -----------------------------------------------
 step "kubernetes-validate --strict (Kubernetes $kube_version)"

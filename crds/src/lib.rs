@@ -3,7 +3,8 @@
 //! No runtime lives here: CRD types ([`ApiToken`], [`UsageReport`]), the token
 //! format ([`token`]), the hashed-Secret format ([`hashed`]), scopes and the
 //! route table ([`scope`]), the identity headers the proxy injects
-//! ([`identity`]), the delivery Secret's keys ([`delivery`]) and the JSON
+//! ([`identity`]), the delivery Secret's keys ([`delivery`]), the token pattern
+//! for secret scanners and the leak-report note ([`leak`]) and the JSON
 //! error envelope ([`envelope`]). Everything is pure and unit-tested in place.
 
 pub mod apitoken;
@@ -12,6 +13,7 @@ pub mod duration;
 pub mod envelope;
 pub mod hashed;
 pub mod identity;
+pub mod leak;
 pub mod scope;
 pub mod token;
 pub mod usage;

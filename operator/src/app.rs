@@ -11,7 +11,7 @@ use tracing::{error, info};
 use crate::{
     Error, Result,
     config::{Cli, Command, Config},
-    controller, lease,
+    controller, leaks, lease,
     metrics::{self, Metrics},
     offline, release, telemetry,
 };
@@ -21,6 +21,8 @@ use crate::{
 pub struct Running {
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     pub metrics_addr: SocketAddr,
+    /// Where leak reports are accepted, when the endpoint is on.
+    pub leaks_addr: Option<SocketAddr>,
     /// The operator's metrics.
     pub metrics: Arc<Metrics>,
     shutdown: CancellationToken,
@@ -59,11 +61,21 @@ pub async fn start(client: Client, cfg: Config) -> Result<Running> {
     let shutdown = CancellationToken::new();
     let (metrics_addr, serve) =
         metrics::bind(cfg.metrics_addr, metrics.clone(), shutdown.clone()).await?;
+    let (leaks_addr, leaks) = match cfg.leaks.clone() {
+        Some(l) => {
+            let ns = &cfg.plan.hashed_namespace;
+            let (addr, serve) =
+                leaks::bind(client.clone(), l, ns, metrics.clone(), shutdown.clone()).await?;
+            (Some(addr), Some(serve))
+        }
+        None => (None, None),
+    };
     let cfg = Arc::new(cfg);
     let m = metrics.clone();
     let stop = shutdown.clone();
     let task = tokio::spawn(async move {
         let server = tokio::spawn(serve);
+        let leak_server = leaks.map(tokio::spawn);
         let result = match cfg.leader_election.clone() {
             Some(lease_cfg) => {
                 let (client, cfg2, m2) = (client.clone(), cfg.clone(), m.clone());
@@ -86,11 +98,15 @@ pub async fn start(client: Client, cfg: Config) -> Result<Running> {
         };
         stop.cancel();
         let _ = server.await;
+        if let Some(s) = leak_server {
+            let _ = s.await;
+        }
         result
     });
     info!(%metrics_addr, "operator started");
     Ok(Running {
         metrics_addr,
+        leaks_addr,
         metrics,
         shutdown,
         task,

@@ -120,6 +120,9 @@ pub struct RunArgs {
     /// Log format: `json` or `text`.
     #[arg(long, env = "PRODGY_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// The leak-report endpoint.
+    #[command(flatten)]
+    pub leaks: crate::leaks::LeakArgs,
 }
 
 /// Leader election settings.
@@ -173,6 +176,8 @@ pub struct Config {
     pub identity: String,
     /// Log format.
     pub log_format: LogFormat,
+    /// The leak-report endpoint, when on.
+    pub leaks: Option<crate::leaks::LeakConfig>,
 }
 
 impl RunArgs {
@@ -232,6 +237,7 @@ impl RunArgs {
             leader_election,
             identity,
             log_format,
+            leaks: self.leaks.validate()?,
         })
     }
 

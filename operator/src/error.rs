@@ -59,6 +59,14 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The leak-report endpoint could not bind or serve.
+    #[error("leak-report server on {addr}: {source}")]
+    LeakServe {
+        /// The listen address.
+        addr: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// A metric could not be registered or rendered.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -104,7 +112,7 @@ impl Error {
             Error::Json(_) => "json",
             Error::Manifest { .. } => "manifest",
             Error::Io { .. } => "io",
-            Error::Serve { .. } => "serve",
+            Error::Serve { .. } | Error::LeakServe { .. } => "serve",
             Error::Metrics(_) => "metrics",
             Error::Leadership(_) => "leadership",
             Error::Finalizer(_) => "finalizer",

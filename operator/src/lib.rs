@@ -6,6 +6,7 @@
 //! * [`usage`] folds proxy usage reports into `status.usage`;
 //! * [`controller`] is the kube-runtime shell that observes and executes plans;
 //! * [`lease`] elects one leader among replicas;
+//! * [`leaks`] takes tokens a secret scanner reports leaked out of service;
 //! * [`metrics`] serves `/metrics`, `/healthz` and `/readyz`;
 //! * [`offline`] issues a token into a file, for the no-cluster quickstart;
 //! * [`release`] lets every ApiToken go when the chart is uninstalled;
@@ -16,6 +17,7 @@ pub mod app;
 pub mod config;
 pub mod controller;
 mod error;
+pub mod leaks;
 pub mod lease;
 pub mod metrics;
 pub mod offline;

@@ -40,6 +40,8 @@ pub struct Metrics {
     reports_folded: IntCounter,
     reports_retired: IntCounter,
     leader: IntGauge,
+    /// The leak-report counters.
+    pub leaks: crate::leaks::LeakMetrics,
     sources: Mutex<Vec<Store<ApiToken>>>,
     ready: AtomicBool,
 }
@@ -115,6 +117,7 @@ impl Metrics {
                 "prodgy_operator_leader",
                 "1 while this replica holds the Lease and reconciles.",
             )?,
+            leaks: crate::leaks::LeakMetrics::new(&registry)?,
             sources: Mutex::new(Vec::new()),
             ready: AtomicBool::new(false),
             registry,

@@ -369,7 +369,7 @@ pub fn plan(cfg: &PlanConfig, input: &Inputs<'_>) -> Result<Plan> {
         f.now,
         cfg.usage_report_retention,
     );
-    let events = stages::events(&f, &sourced, &issued, phase, record.as_ref(), &delivery);
+    let mut events = stages::events(&f, &sourced, &issued, phase, record.as_ref(), &delivery);
     let desired = stages::desired_status(
         &f,
         stages::Outcome {
@@ -382,6 +382,8 @@ pub fn plan(cfg: &PlanConfig, input: &Inputs<'_>) -> Result<Plan> {
             folded: &folded,
         },
     );
+    let (desired, leak_event) = stages::leaked::mark(input.token, desired, f.id.generation);
+    events.extend(leak_event);
     let wake = stages::wake_at(&f, record.as_ref(), &delivery, &folded);
     let (status, requeue_at) = stages::status_write(&f, input.last_usage_write, desired, wake);
     let put_hashed = record.as_ref().filter(|d| f.observed != Some(*d)).cloned();

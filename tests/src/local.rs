@@ -262,6 +262,9 @@ pub struct LocalCluster {
     pub operator_metrics: String,
     /// Base URL of the API's ops listener (`/metrics`, `/readyz`).
     pub api_ops: String,
+    /// URL of the operator's leak-report endpoint (shared secret
+    /// [`LEAK_SECRET`]).
+    pub leak_reports: String,
     dir: TempDir,
 }
 
@@ -276,6 +279,8 @@ struct Proc {
 pub const RELEASE_NAMESPACE: &str = "prodgy";
 /// Namespace of hashed Secrets and UsageReports.
 pub const TOKENS_NAMESPACE: &str = "prodgy-tokens";
+/// The shared secret the local operator's leak-report endpoint accepts.
+pub const LEAK_SECRET: &str = "local-cluster leak-report secret";
 
 impl LocalCluster {
     /// Starts the API server and the three binaries, and waits until each
@@ -289,13 +294,16 @@ impl LocalCluster {
         let dir = tempfile::tempdir()?;
         let kubeconfig = dir.path().join("kubeconfig");
         server.write_kubeconfig(&kubeconfig)?;
-        let [operator_port, api, ops, proxy, proxy_metrics] = [
+        let [operator_port, api, ops, proxy, proxy_metrics, leaks] = [
+            free_port()?,
             free_port()?,
             free_port()?,
             free_port()?,
             free_port()?,
             free_port()?,
         ];
+        let leak_secret = dir.path().join("leak-secret");
+        std::fs::write(&leak_secret, LEAK_SECRET)?;
         let kube_env = [
             ("KUBECONFIG", kubeconfig.display().to_string()),
             ("POD_NAMESPACE", RELEASE_NAMESPACE.to_owned()),
@@ -307,6 +315,7 @@ impl LocalCluster {
             proxy_metrics: format!("http://127.0.0.1:{proxy_metrics}"),
             operator_metrics: format!("http://127.0.0.1:{operator_port}"),
             api_ops: format!("http://127.0.0.1:{ops}"),
+            leak_reports: format!("http://127.0.0.1:{leaks}/leak-reports"),
             dir,
         };
         me.spawn(
@@ -318,6 +327,8 @@ impl LocalCluster {
                 "--usage-status-interval=1s".into(),
                 "--identity=operator-0".into(),
                 "--log-format=text".into(),
+                format!("--leak-reports-addr=127.0.0.1:{leaks}"),
+                format!("--leak-shared-secret-file={}", leak_secret.display()),
             ],
             &kube_env,
         )?;

@@ -18,6 +18,8 @@ use super::{
 };
 use crate::{Result, usage::Folded};
 
+pub(super) mod leaked;
+
 /// Longest accepted grace period: beyond it a spec is surely a typo.
 const MAX_GRACE: TimeDelta = TimeDelta::days(3650);
 
