@@ -12,6 +12,7 @@ pub mod duration;
 pub mod envelope;
 pub mod hashed;
 pub mod identity;
+pub mod lifecycle;
 pub mod scope;
 pub mod token;
 pub mod usage;
