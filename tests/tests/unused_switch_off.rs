@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr
+)]
 //! The unused switch-off across the real binaries (operator, proxy, API on
 //! the Kubernetes API test server): calls through the proxy keep a token
 //! alive, through the proxy's usage reports and the operator's fold; a
