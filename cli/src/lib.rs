@@ -12,6 +12,7 @@ pub mod args;
 pub mod commands;
 pub mod connect;
 pub mod issue;
+pub mod notices;
 pub mod osc52;
 pub mod parse;
 pub mod render;

@@ -63,6 +63,9 @@ pub struct TokenView {
     pub up_to_date: bool,
     /// Status conditions (`Ready`, …).
     pub conditions: Vec<ConditionView>,
+    /// The operator's lifecycle notices, e.g. `deactivated: unused 90d`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notices: Vec<String>,
 }
 
 /// A rate limit in the view.
@@ -143,6 +146,7 @@ impl TokenView {
                     last_transition_time: to_chrono(&c.last_transition_time),
                 })
                 .collect(),
+            notices: crate::notices::markers(&status),
         }
     }
 }
@@ -184,7 +188,7 @@ pub fn render_table(tokens: &[TokenView], with_namespace: bool) -> String {
             format_time(t.created_at, "-"),
             format_time(t.expires_at, "Never"),
             t.usage.to_string(),
-            t.status.clone(),
+            crate::notices::status_cell(&t.status, &t.notices),
             format_time(t.last_used_at, "Never"),
         ];
         if with_namespace {

@@ -80,6 +80,14 @@ pub struct ApiTokenSpec {
     #[schemars(regex(pattern = r"^([0-9]+(s|m|h|d))+$"))]
     pub regeneration_grace_period: Option<String>,
 
+    /// Switch the token off (`active: false`, not revoked) once it has not
+    /// been used for this long, counted from its last use, its issue or its
+    /// last reactivation, whichever is latest (`90d`; `0s`: never, whatever
+    /// the operator's default). Absent: the operator's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(s|m|h|d))+$"))]
+    pub deactivate_after_unused: Option<String>,
+
     /// Scopes the token is limited to. Empty: every resource of the product.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
@@ -253,6 +261,10 @@ pub struct ApiTokenStatus {
     /// bookkeeping that makes folding idempotent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage_ledger: Option<UsageLedger>,
+    /// The unused switch-off: the limit in force, when it switched the
+    /// token off, when the token was switched on again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unused: Option<crate::lifecycle::UnusedStatus>,
     /// The `metadata.generation` this status reflects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

@@ -46,6 +46,24 @@ pub fn parse(input: &str) -> Result<Duration> {
     Ok(Duration::from_secs(total))
 }
 
+/// Writes a duration the way [`parse`] reads it, largest units first and
+/// zero units left out (`90d`, `1h30m`, `0s`); sub-second parts are dropped.
+pub fn format(d: Duration) -> String {
+    let mut rest = d.as_secs();
+    if rest == 0 {
+        return "0s".to_owned();
+    }
+    let mut out = String::new();
+    for (unit, secs) in [('d', 86_400), ('h', 3_600), ('m', 60), ('s', 1)] {
+        if rest >= secs {
+            out.push_str(&(rest / secs).to_string());
+            out.push(unit);
+            rest %= secs;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,6 +75,20 @@ mod tests {
         assert_eq!(parse("1h30m").unwrap(), Duration::from_secs(5_400));
         assert_eq!(parse("7d").unwrap(), Duration::from_secs(604_800));
         assert_eq!(parse("0s").unwrap(), Duration::ZERO);
+    }
+
+    #[test]
+    fn formats_what_it_parses() {
+        for (secs, text) in [
+            (0, "0s"),
+            (3, "3s"),
+            (5_400, "1h30m"),
+            (7_776_000, "90d"),
+            (90_061, "1d1h1m1s"),
+        ] {
+            assert_eq!(format(Duration::from_secs(secs)), text);
+            assert_eq!(parse(text).unwrap(), Duration::from_secs(secs));
+        }
     }
 
     #[test]

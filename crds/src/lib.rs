@@ -14,6 +14,7 @@ pub mod envelope;
 pub mod hashed;
 pub mod identity;
 pub mod leak;
+pub mod lifecycle;
 pub mod scope;
 pub mod token;
 pub mod usage;

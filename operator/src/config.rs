@@ -89,6 +89,14 @@ pub struct RunArgs {
     /// Least time between two usage-only status writes of one token.
     #[arg(long, env = "PRODGY_USAGE_STATUS_INTERVAL", default_value = "15s")]
     pub usage_status_interval: String,
+    /// Switch tokens off (spec.active: false) after this long unused, e.g.
+    /// 90d; a token's spec.deactivateAfterUnused wins. Empty or 0s: never.
+    #[arg(long, env = "PRODGY_DEACTIVATE_AFTER_UNUSED", default_value = "")]
+    pub deactivate_after_unused: String,
+    /// Warning Events this long before a token's expiresAt, comma
+    /// separated (one Event each). Empty: none.
+    #[arg(long, env = "PRODGY_EXPIRY_NOTICE", default_value = "7d,1d")]
+    pub expiry_notice: String,
     /// Most usage-only status writes per second, over all tokens.
     #[arg(long, env = "PRODGY_STATUS_WRITE_QPS", default_value_t = 100)]
     pub status_write_qps: u32,
@@ -200,6 +208,7 @@ impl RunArgs {
         let reveal_window = positive("reveal-window", &self.reveal_window)?;
         let retention = positive("usage-report-retention", &self.usage_report_retention)?;
         let interval = positive("usage-status-interval", &self.usage_status_interval)?;
+        let (deactivate_after_unused, expiry_notices) = self.notices()?;
         if self.status_write_qps == 0 {
             return Err(Error::Config {
                 flag: "status-write-qps",
@@ -231,6 +240,8 @@ impl RunArgs {
                 reveal_window,
                 usage_report_retention: retention,
                 usage_status_interval: interval,
+                deactivate_after_unused,
+                expiry_notices,
             },
             status_write_qps: self.status_write_qps,
             metrics_addr,
@@ -239,6 +250,25 @@ impl RunArgs {
             log_format,
             leaks: self.leaks.validate()?,
         })
+    }
+
+    /// The unused limit (off when empty or `0s`) and the expiry notices.
+    fn notices(&self) -> Result<(Option<TimeDelta>, Vec<TimeDelta>)> {
+        let text = self.deactivate_after_unused.trim();
+        let off = text.is_empty() || prodgy_crds::duration::parse(text).is_ok_and(|d| d.is_zero());
+        let unused = if off {
+            None
+        } else {
+            Some(positive("deactivate-after-unused", text)?)
+        };
+        let notices = self
+            .expiry_notice
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| positive("expiry-notice", s))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((unused, notices))
     }
 
     /// This replica's name in the Lease.
@@ -448,6 +478,39 @@ mod tests {
             .run
             .validate();
         assert_eq!(flag_of(no_ns), "lease-namespace");
+    }
+
+    #[test]
+    fn lifecycle_notice_flags_default_off_and_weekly_daily() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.plan.deactivate_after_unused, None);
+        assert_eq!(
+            c.plan.expiry_notices,
+            [TimeDelta::days(7), TimeDelta::days(1)]
+        );
+        let c = parse(&[
+            "--deactivate-after-unused",
+            "90d",
+            "--expiry-notice",
+            "3d, 12h",
+        ])
+        .unwrap();
+        assert_eq!(c.plan.deactivate_after_unused, Some(TimeDelta::days(90)));
+        assert_eq!(
+            c.plan.expiry_notices,
+            [TimeDelta::days(3), TimeDelta::hours(12)]
+        );
+        let off = parse(&["--deactivate-after-unused", "0s", "--expiry-notice", ""]).unwrap();
+        assert_eq!(off.plan.deactivate_after_unused, None);
+        assert!(off.plan.expiry_notices.is_empty());
+        for (flag, bad) in [
+            ("deactivate-after-unused", "90 days"),
+            ("deactivate-after-unused", "3651d"),
+            ("expiry-notice", "7d,x"),
+            ("expiry-notice", "0s"),
+        ] {
+            assert_eq!(flag_of(parse(&[&format!("--{flag}"), bad])), flag, "{bad}");
+        }
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub fn issue(args: &IssueOfflineArgs, now: DateTime<Utc>) -> Result<Issued> {
         reveal_window: chrono::TimeDelta::minutes(10),
         usage_report_retention: chrono::TimeDelta::minutes(2),
         usage_status_interval: chrono::TimeDelta::zero(),
+        deactivate_after_unused: None,
+        expiry_notices: Vec::new(),
     };
     let hashed = existing
         .clone()

@@ -33,6 +33,8 @@ use crate::{Error, Result, usage};
 
 mod stages;
 
+use stages::lifecycle_notices as notices;
+
 /// The finalizer that removes the hashed Secret (another namespace, so an
 /// owner reference cannot).
 pub const FINALIZER: &str = "prodgy.io/cleanup";
@@ -74,6 +76,11 @@ pub struct PlanConfig {
     pub usage_report_retention: TimeDelta,
     /// Least time between two status writes that only change usage.
     pub usage_status_interval: TimeDelta,
+    /// Switch a token off after this long unused, unless its spec says
+    /// otherwise (None: never).
+    pub deactivate_after_unused: Option<TimeDelta>,
+    /// Warn this long before `expiresAt`, once per lead (e.g. 7d and 1d).
+    pub expiry_notices: Vec<TimeDelta>,
 }
 
 /// The identity of an ApiToken, as the API server always sets it.
@@ -280,6 +287,9 @@ pub struct PlannedEvent {
 /// The decisions of one pass, executed in field order.
 #[derive(Clone, PartialEq)]
 pub struct Plan {
+    /// 0. Switch the token off for being unused: patch `spec.active: false`
+    ///    and this value of the unused mark annotation, in one write.
+    pub switch_off: Option<String>,
     /// 1. Create or replace the delivery Secret (holds the new plaintext).
     pub put_delivery: Option<Secret>,
     /// 2. Create or replace the hashed Secret with this record.
@@ -306,6 +316,7 @@ impl fmt::Debug for Plan {
     // Never print the delivery Secret's data.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Plan")
+            .field("switch_off", &self.switch_off)
             .field(
                 "put_delivery",
                 &self.put_delivery.as_ref().map(|s| s.metadata.name.clone()),
@@ -324,7 +335,8 @@ impl fmt::Debug for Plan {
 impl Plan {
     /// Whether the plan writes anything to the API server.
     pub fn has_writes(&self) -> bool {
-        self.put_delivery.is_some()
+        self.switch_off.is_some()
+            || self.put_delivery.is_some()
             || self.put_hashed.is_some()
             || self.status.is_some()
             || self.delete_delivery.is_some()
@@ -354,6 +366,12 @@ pub fn delivery_mode(token: &ApiToken, default: DeliveryMode) -> DeliveryMode {
 /// Decides one pass. Pure: the same inputs always give the same plan. Each
 /// stage is a function of [`stages`] taking the results of the ones before.
 pub fn plan(cfg: &PlanConfig, input: &Inputs<'_>) -> Result<Plan> {
+    let unused = notices::Unused::of(cfg, input);
+    let switched = unused.applied(input.token);
+    let input = &Inputs {
+        token: switched.as_ref().unwrap_or(input.token),
+        ..*input
+    };
     let f = stages::Frame::new(cfg, input)?;
     let sourced = stages::source(&f);
     let issued = stages::issued(&f, &sourced.source);
@@ -369,7 +387,10 @@ pub fn plan(cfg: &PlanConfig, input: &Inputs<'_>) -> Result<Plan> {
         f.now,
         cfg.usage_report_retention,
     );
-    let mut events = stages::events(&f, &sourced, &issued, phase, record.as_ref(), &delivery);
+    let events = stages::events(&f, &sourced, &issued, phase, record.as_ref(), &delivery);
+    let switch_off = unused.mark(f.now);
+    let notices = notices::Notices::new(&f, phase, unused);
+    let mut events = notices.events(&f, events);
     let desired = stages::desired_status(
         &f,
         stages::Outcome {
@@ -382,16 +403,19 @@ pub fn plan(cfg: &PlanConfig, input: &Inputs<'_>) -> Result<Plan> {
             folded: &folded,
         },
     );
+    let desired = notices.status(&f, desired);
     let (desired, leak_event) = stages::leaked::mark(input.token, desired, f.id.generation);
     events.extend(leak_event);
-    let wake = stages::wake_at(&f, record.as_ref(), &delivery, &folded);
+    let wake = notices.wake(&f, stages::wake_at(&f, record.as_ref(), &delivery, &folded));
     let (status, requeue_at) = stages::status_write(&f, input.last_usage_write, desired, wake);
     let put_hashed = record.as_ref().filter(|d| f.observed != Some(*d)).cloned();
     let needs_fresh_read = delivery.put.is_some()
         || put_hashed.is_some()
         || delivery.delete.is_some()
+        || switch_off.is_some()
         || (record.is_none() && !f.spec.revoked);
     Ok(Plan {
+        switch_off,
         put_delivery: delivery.put,
         put_hashed,
         status,

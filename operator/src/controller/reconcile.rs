@@ -18,7 +18,7 @@ use kube::{
         reflector::ObjectRef,
     },
 };
-use prodgy_crds::{ApiToken, ApiTokenStatus, HashedRecord, Token, apitoken::condition};
+use prodgy_crds::{ApiToken, ApiTokenStatus, HashedRecord, Token, apitoken::condition, lifecycle};
 use serde_json::{Value, json};
 use tracing::{debug, info, warn};
 
@@ -248,6 +248,7 @@ async fn execute(
     plan: &Plan,
     now: DateTime<Utc>,
 ) -> Result<Option<Duration>> {
+    let switched = switch_off(tokens, &observed.token, plan.switch_off.as_deref()).await?;
     if let Some(secret) = &plan.put_delivery {
         put_secret(
             ctx,
@@ -275,7 +276,8 @@ async fn execute(
             deferred = lock(&ctx.bucket).take(Instant::now()).err();
         }
         if deferred.is_none() {
-            patch_status(tokens, &observed.token, &write.status).await?;
+            let token = switched.as_ref().unwrap_or(&observed.token);
+            patch_status(tokens, token, &write.status).await?;
             ctx.metrics.status_written(write.usage_only);
             ctx.metrics.folded(plan.newly_folded.len());
             let before = observed.token.status.clone().unwrap_or_default();
@@ -298,6 +300,31 @@ async fn execute(
         }
     }
     Ok(deferred)
+}
+
+/// Switches an unused token off: `spec.active: false` and the unused mark in
+/// one merge patch, at the resourceVersion planned from (409 if stale).
+/// Returns the token as written, whose resourceVersion the status write
+/// then carries.
+async fn switch_off(
+    api: &Api<ApiToken>,
+    token: &ApiToken,
+    mark: Option<&str>,
+) -> Result<Option<ApiToken>> {
+    let Some(mark) = mark else {
+        return Ok(None);
+    };
+    let patch = json!({
+        "metadata": {
+            "resourceVersion": token.resource_version(),
+            "annotations": {lifecycle::DEACTIVATED_UNUSED_ANNOTATION: mark},
+        },
+        "spec": {"active": false},
+    });
+    let written = api
+        .patch(&token.name_any(), &patch_params(), &Patch::Merge(&patch))
+        .await?;
+    Ok(Some(written))
 }
 
 /// Creates the Secret, or replaces the observed one at its resourceVersion.
@@ -443,6 +470,7 @@ fn action_of(why: &str) -> &'static str {
         reason::EXPIRED => "Expire",
         reason::REVEAL_WINDOW_CLOSED => "DeleteDeliverySecret",
         reason::HASHED_SECRET_LOST => "RebuildHashedSecret",
+        lifecycle::event::DEACTIVATED_UNUSED => "Deactivate",
         _ => "Reconcile",
     }
 }

@@ -19,6 +19,7 @@ use super::{
 use crate::{Result, usage::Folded};
 
 pub(super) mod leaked;
+pub(super) mod lifecycle_notices;
 
 /// Longest accepted grace period: beyond it a spec is surely a typo.
 const MAX_GRACE: TimeDelta = TimeDelta::days(3650);
@@ -456,6 +457,7 @@ pub(super) fn desired_status(f: &Frame<'_>, o: Outcome<'_>) -> ApiTokenStatus {
         hashed_secret_namespace: has_record.then(|| f.cfg.hashed_namespace.clone()),
         delivery_secret_name: o.delivery.holds_current.then(|| f.delivery_name.clone()),
         usage_ledger: (o.folded.ledger != Default::default()).then(|| o.folded.ledger.clone()),
+        unused: current.unused.clone(),
         observed_generation: Some(f.id.generation),
         conditions,
     }

@@ -27,6 +27,8 @@ fn cfg() -> PlanConfig {
         reveal_window: TimeDelta::seconds(600),
         usage_report_retention: TimeDelta::seconds(120),
         usage_status_interval: TimeDelta::seconds(15),
+        deactivate_after_unused: None,
+        expiry_notices: Vec::new(),
     }
 }
 
@@ -982,3 +984,5 @@ fn delivery_observation_reads_what_the_operator_wrote() {
         DeliveryObs::Stale
     );
 }
+
+mod lifecycle_notices;

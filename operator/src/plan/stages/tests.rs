@@ -20,6 +20,8 @@ fn cfg(mode: DeliveryMode) -> PlanConfig {
         reveal_window: TimeDelta::seconds(600),
         usage_report_retention: TimeDelta::seconds(120),
         usage_status_interval: TimeDelta::seconds(15),
+        deactivate_after_unused: None,
+        expiry_notices: Vec::new(),
     }
 }
 
