@@ -25,7 +25,10 @@ async fn bad_source_ranges_are_refused_by_the_api_server() {
     let pp = PostParams::default();
 
     let good = json!(["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32", "::1/128"]);
-    let created = tokens.create(&pp, &with_ranges("good", good)).await.unwrap();
+    let created = tokens
+        .create(&pp, &with_ranges("good", good))
+        .await
+        .unwrap();
     assert_eq!(created.spec.allowed_source_ranges.len(), 4);
 
     let cases = [
@@ -56,7 +59,12 @@ async fn bad_source_ranges_are_refused_by_the_api_server() {
     assert!(err.message.contains("Duplicate value"), "{}", err.message);
 
     let many: Vec<String> = (0..65).map(|i| format!("10.0.{i}.0/24")).collect();
-    let err = api_err(tokens.create(&pp, &with_ranges("many", json!(many))).await.unwrap_err());
+    let err = api_err(
+        tokens
+            .create(&pp, &with_ranges("many", json!(many)))
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(err.code, 422, "{}", err.message);
     let t = with_ranges("sixty-four", json!(many[..64]));
     tokens.create(&pp, &t).await.unwrap();
