@@ -105,10 +105,7 @@ pub fn verdict(
     if let Err(r) = record.check(found.slot, clock.unix_ns) {
         return Err(refuse(r.into()));
     }
-    // Only a token with ranges reads the client address.
-    if let Some(ranges) = record.sources()
-        && !prodgy_crds::sources::allows(ranges, head.peer.client(&req.headers))
-    {
+    if !allowed_from(&record, head) {
         return Err(refuse(Reason::SourceNotAllowed));
     }
     if !record.product().served() {
@@ -135,6 +132,14 @@ pub fn verdict(
         });
     }
     Ok((record, cell))
+}
+
+/// Whether the token may be used from the request's client address. Only a
+/// token with source ranges reads it.
+fn allowed_from(record: &Record, head: Head<'_>) -> bool {
+    record.sources().is_none_or(|ranges| {
+        prodgy_crds::sources::allows(ranges, head.peer.client(&head.req.headers))
+    })
 }
 
 #[cfg(test)]
