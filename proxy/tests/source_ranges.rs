@@ -75,7 +75,8 @@ fn ip(s: &str) -> Option<IpAddr> {
 }
 
 fn is(got: (u16, String), want: (u16, &str)) -> bool {
-    got.0 == want.0 && got.1 == want.1
+    let (status, code) = got;
+    status == want.0 && code == want.1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
