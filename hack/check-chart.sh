@@ -90,6 +90,7 @@ refuse "an unknown value" "Additional property" --set operator.replicas=3
 refuse "an unknown delivery mode" "deliveryMode" --set operator.deliveryMode=Email
 refuse "a malformed duration" "revealWindow" --set operator.revealWindow=10min
 refuse "a leak-report endpoint nobody can sign for" "must be signed" --set leakReports.enabled=true
+refuse "a trusted proxy that is not a CIDR" "trustedProxies" --set 'proxy.trustedProxies={10.0.0.1}'
 
 # --- offline schema validation -----------------------------------------------
 step "kubernetes-validate --strict (Kubernetes $kube_version)"

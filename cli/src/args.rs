@@ -6,7 +6,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use prodgy_crds::Scope;
 
-use crate::parse::{parse_duration_flag, parse_scope, validate_name, validate_product};
+use crate::parse::{
+    parse_duration_flag, parse_scope, parse_source_range, validate_name, validate_product,
+};
 use crate::render::Format;
 
 /// Manage Prodgy API tokens (ApiToken resources) from the terminal.
@@ -104,6 +106,9 @@ pub struct CreateArgs {
     /// Remove the delivery Secret after the operator's reveal window
     #[arg(long)]
     pub reveal_once: bool,
+    /// Accept the token only from this source range, a CIDR such as 10.0.0.0/8 or 2001:db8::/32 (repeatable) [default: any source]
+    #[arg(long = "allow-source", value_name = "CIDR", value_parser = parse_source_range)]
+    pub allow_sources: Vec<String>,
 }
 
 /// `list`.
@@ -276,5 +281,21 @@ mod tests {
             revoke.command,
             Command::Revoke(RevokeArgs { yes: true, .. })
         ));
+    }
+
+    #[test]
+    fn allow_source_is_repeatable_and_checked_by_the_contract() {
+        let line =
+            "create ci --product acme --allow-source 10.0.0.0/8 --allow-source 2001:db8::/32";
+        let cli = parse(&line.split_whitespace().collect::<Vec<_>>()).unwrap();
+        let Command::Create(c) = cli.command else {
+            panic!("not create")
+        };
+        assert_eq!(c.allow_sources, ["10.0.0.0/8", "2001:db8::/32"]);
+        for bad in ["10.0.0.1", "10.1.2.3/8", "2001:DB8::/32", "nowhere"] {
+            let e =
+                parse(&["create", "ci", "--product", "acme", "--allow-source", bad]).unwrap_err();
+            assert!(e.to_string().contains("invalid source range"), "{bad}: {e}");
+        }
     }
 }

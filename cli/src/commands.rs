@@ -686,6 +686,9 @@ pub fn create_manifest(
     if args.reveal_once {
         spec["delivery"] = json!({ "mode": DeliveryMode::RevealOnce });
     }
+    if !args.allow_sources.is_empty() {
+        spec["allowedSourceRanges"] = json!(args.allow_sources);
+    }
     json!({
         "apiVersion": "prodgy.io/v1",
         "kind": "ApiToken",
@@ -803,6 +806,7 @@ mod tests {
             rate_limit: Some(5),
             burst: Some(10),
             reveal_once: true,
+            allow_sources: vec![],
         }
     }
 
@@ -905,5 +909,20 @@ mod tests {
             "Connection refused (os error 111)",
         ));
         assert_eq!(root_cause(&e), "Connection refused (os error 111)");
+    }
+
+    #[test]
+    fn allowed_sources_go_into_the_manifest() {
+        let a = CreateArgs {
+            allow_sources: vec!["10.0.0.0/8".into(), "2001:db8::/32".into()],
+            ..args()
+        };
+        let m = create_manifest("team-a", &a, None);
+        assert_eq!(
+            m["spec"]["allowedSourceRanges"],
+            json!(["10.0.0.0/8", "2001:db8::/32"])
+        );
+        let typed: ApiToken = serde_json::from_value(m).unwrap();
+        assert_eq!(typed.spec.allowed_source_ranges.len(), 2);
     }
 }

@@ -82,6 +82,13 @@ pub fn parse_scope(input: &str) -> Result<Scope, String> {
     })
 }
 
+/// Checks one `--allow-source` value with the contract's CIDR rule.
+pub fn parse_source_range(input: &str) -> Result<String, String> {
+    prodgy_crds::SourceRange::parse(input)
+        .map(|r| r.to_string())
+        .map_err(|e| e.to_string())
+}
+
 /// Checks a token name: a Kubernetes object name (DNS subdomain, ≤ 253).
 pub fn validate_name(input: &str) -> Result<(), String> {
     validate_dns_subdomain(input).map_err(|why| format!("invalid token name {input:?}: {why}"))

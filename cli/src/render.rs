@@ -53,6 +53,9 @@ pub struct TokenView {
     pub scopes: Vec<String>,
     /// Per-token rate limit, if any.
     pub rate_limit: Option<RateLimitView>,
+    /// Source ranges the token is accepted from; empty means any source.
+    #[serde(default)]
+    pub allowed_sources: Vec<String>,
     /// `spec.regeneration`.
     pub regeneration: i64,
     /// Until when the previous token still works after a regeneration.
@@ -127,6 +130,7 @@ impl TokenView {
                 requests_per_second: r.requests_per_second,
                 burst: r.burst(),
             }),
+            allowed_sources: spec.allowed_source_ranges.clone(),
             regeneration: spec.regeneration,
             previous_valid_until: status.previous_valid_until,
             delivery_secret: status.delivery_secret_name.clone(),
@@ -271,6 +275,14 @@ pub fn render_card(t: &TokenView) -> String {
                 || "none".into(),
                 |r| format!("{} requests/s (burst {})", r.requests_per_second, r.burst),
             ),
+        ),
+        (
+            "Allowed sources",
+            if t.allowed_sources.is_empty() {
+                "any".into()
+            } else {
+                t.allowed_sources.join(", ")
+            },
         ),
         ("Regeneration", t.regeneration.to_string()),
     ];
@@ -516,5 +528,22 @@ mod tests {
         assert!(yaml.contains("lastUsedAt: 2026-02-03T10:11:12Z"), "{yaml}");
         let back: TokenList = serde_yaml::from_str(&yaml).unwrap();
         assert_eq!(back, list);
+    }
+
+    #[test]
+    fn the_card_and_documents_show_the_allowed_sources() {
+        let mut t = token("ci", None);
+        let any = render_card(&TokenView::from_token(&t));
+        assert!(any.contains("Allowed sources: any\n"), "{any}");
+        t.spec.allowed_source_ranges = vec!["10.0.0.0/8".into(), "2001:db8::/32".into()];
+        let view = TokenView::from_token(&t);
+        let card = render_card(&view);
+        assert!(
+            card.contains("Allowed sources: 10.0.0.0/8, 2001:db8::/32\n"),
+            "{card}"
+        );
+        let json = render_document(&view, Format::Json).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(value["allowedSources"][1], "2001:db8::/32");
     }
 }

@@ -94,6 +94,12 @@ pub struct ApiTokenSpec {
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub scopes: Vec<Scope>,
 
+    /// Source addresses the token may be used from, as CIDRs (`10.0.0.0/8`,
+    /// `2001:db8::/32`, `192.0.2.7/32`). Empty: any source.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::sources::crd_schema")]
+    pub allowed_source_ranges: Vec<String>,
+
     /// Optional request rate limit, enforced by each proxy replica.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,

@@ -135,6 +135,9 @@ pub struct HashedRecord {
     /// Per-replica rate limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// Source ranges (canonical CIDRs); empty means any source.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_source_ranges: Vec<String>,
     /// Accepted digests: the current one first.
     pub hashes: Vec<HashEntry>,
 }
@@ -175,6 +178,7 @@ impl HashedRecord {
             expires_at: None,
             scopes: Vec::new(),
             rate_limit: None,
+            allowed_source_ranges: Vec::new(),
             hashes: vec![HashEntry::current(hash, 0)],
         }
     }
@@ -193,6 +197,11 @@ impl HashedRecord {
     /// The scopes as a compact set.
     pub fn scope_set(&self) -> ScopeSet {
         self.scopes.iter().copied().collect()
+    }
+
+    /// The source ranges, parsed (empty: any source).
+    pub fn source_ranges(&self) -> Result<Vec<crate::sources::SourceRange>> {
+        crate::sources::parse_all(self.allowed_source_ranges.iter().map(String::as_str))
     }
 
     /// The decision for a request presenting the digest at `entry` at `now`,
@@ -221,6 +230,7 @@ impl HashedRecord {
         for h in &self.hashes {
             TokenHash::from_hex(&h.sha256)?;
         }
+        self.source_ranges()?;
         Ok(())
     }
 

@@ -16,6 +16,7 @@ pub mod identity;
 pub mod leak;
 pub mod lifecycle;
 pub mod scope;
+pub mod sources;
 pub mod token;
 pub mod usage;
 
@@ -24,6 +25,7 @@ pub use apitoken::{
 };
 pub use hashed::{HashEntry, HashedRecord, RecordState, Refusal};
 pub use scope::{Route, RouteGroup, Scope, ScopeSet};
+pub use sources::SourceRange;
 pub use token::{FormatError, Token, TokenHash};
 pub use usage::{TokenUsage, UsageReport, UsageReportSpec};
 
@@ -48,6 +50,9 @@ pub enum Error {
     /// A duration is not of the form `1h30m`.
     #[error("invalid duration {0:?}: use digits with s, m, h or d, e.g. 90s, 1h30m, 7d")]
     InvalidDuration(String),
+    /// A source range is not a canonical CIDR; the message says how to write it.
+    #[error("invalid source range {0:?}: {1}")]
+    InvalidSourceRange(String, String),
     /// CRD rendering failed.
     #[error("cannot render CRD: {0}")]
     Render(String),

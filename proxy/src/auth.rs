@@ -58,11 +58,13 @@ pub enum Reason {
     HeadTooLarge,
     /// The request has more than `--max-request-headers` header fields.
     TooManyHeaders,
+    /// The client address is outside the token's source ranges.
+    SourceNotAllowed,
 }
 
 impl Reason {
     /// Every reason, in a stable order (metrics are pre-registered with it).
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 19] = [
         Reason::MissingToken,
         Reason::UnsupportedScheme,
         Reason::DuplicateAuthorization,
@@ -81,6 +83,7 @@ impl Reason {
         Reason::InvalidPath,
         Reason::HeadTooLarge,
         Reason::TooManyHeaders,
+        Reason::SourceNotAllowed,
     ];
 
     /// Position in [`Reason::ALL`].
@@ -104,7 +107,7 @@ impl Reason {
             | Reason::InactiveToken
             | Reason::ExpiredToken
             | Reason::RevokedToken => 401,
-            Reason::WrongProduct | Reason::InsufficientScope => 403,
+            Reason::WrongProduct | Reason::InsufficientScope | Reason::SourceNotAllowed => 403,
             Reason::RateLimited => 429,
             Reason::HeadTooLarge | Reason::TooManyHeaders => 431,
         }
@@ -131,6 +134,7 @@ impl Reason {
             Reason::InvalidPath => "invalid_path",
             Reason::HeadTooLarge => "request_head_too_large",
             Reason::TooManyHeaders => "too_many_headers",
+            Reason::SourceNotAllowed => "source_not_allowed",
         }
     }
 
@@ -157,6 +161,7 @@ impl Reason {
             Reason::InvalidPath => "the path must not contain dot segments",
             Reason::HeadTooLarge => "the request line and headers are too large",
             Reason::TooManyHeaders => "the request has too many header fields",
+            Reason::SourceNotAllowed => "the token may not be used from this address",
         }
     }
 
@@ -200,7 +205,8 @@ impl Reason {
             | Reason::AmbiguousFraming
             | Reason::InvalidPath
             | Reason::HeadTooLarge
-            | Reason::TooManyHeaders => return None,
+            | Reason::TooManyHeaders
+            | Reason::SourceNotAllowed => return None,
         })
     }
 

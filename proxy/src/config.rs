@@ -106,6 +106,11 @@ pub struct Args {
     /// Envoy's 100 less the identity headers the proxy adds.
     #[arg(long, env = "PRODGY_PROXY_MAX_REQUEST_HEADERS", default_value_t = HeadLimits::DEFAULT.headers)]
     pub max_request_headers: usize,
+    /// Proxies in front of this one (CIDRs, comma-separated) whose
+    /// `X-Forwarded-For` / `Forwarded` headers name the client for source
+    /// ranges. Empty: the TCP peer is the client.
+    #[arg(long, env = "PRODGY_PROXY_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// Bounds on a request head, answered with 431 beyond.
@@ -172,6 +177,8 @@ pub struct Config {
     pub work_stealing: bool,
     /// Request head bounds.
     pub head_limits: HeadLimits,
+    /// Peers whose forwarding headers are believed (`--trusted-proxies`).
+    pub trusted_proxies: Vec<prodgy_crds::SourceRange>,
 }
 
 /// The validated token source.
@@ -278,6 +285,7 @@ impl Args {
             upstream_keepalive_pool: self.upstream_keepalive_pool,
             work_stealing: self.work_stealing,
             head_limits,
+            trusted_proxies: trusted_proxies(&self.trusted_proxies)?,
         })
     }
 
@@ -344,6 +352,18 @@ impl Args {
     }
 }
 
+/// `--trusted-proxies`: canonical CIDRs, blanks between commas ignored.
+fn trusted_proxies(list: &[String]) -> Result<Vec<prodgy_crds::SourceRange>> {
+    list.iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            prodgy_crds::SourceRange::parse(s)
+                .map_err(|e| Error::Config(format!("--trusted-proxies: {e}")))
+        })
+        .collect()
+}
+
 fn bounded(flag: &str, value: usize, min: usize, max: usize) -> Result<usize> {
     if (min..=max).contains(&value) {
         Ok(value)
@@ -374,6 +394,7 @@ mod tests {
             matches!(c.source, Source::Kubernetes { ref namespace, .. } if namespace == "prodgy-tokens")
         );
         assert!(c.usage.is_none() && c.products.is_empty() && c.threads >= 1);
+        assert!(c.trusted_proxies.is_empty());
         assert_eq!(
             c.head_limits,
             HeadLimits {
@@ -385,7 +406,12 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_flag() {
-        let cases: [(&[&str], &str); 10] = [
+        let cases: [(&[&str], &str); 12] = [
+            (
+                &["--trusted-proxies", "10.0.0.0/8,10.0.0.1"],
+                "--trusted-proxies",
+            ),
+            (&["--trusted-proxies", "10.1.0.0/8"], "--trusted-proxies"),
             (
                 &["--max-request-head-bytes", "100"],
                 "--max-request-head-bytes",
@@ -441,6 +467,15 @@ mod tests {
             Duration::from_secs(90)
         );
         assert!(parse_duration("x", "1.5s").is_err());
+    }
+
+    #[test]
+    fn trusted_proxies_are_canonical_cidrs() {
+        let c = args(&["--trusted-proxies", "10.0.0.0/8, ,2001:db8::/32"])
+            .validate()
+            .unwrap();
+        let shown: Vec<String> = c.trusted_proxies.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["10.0.0.0/8", "2001:db8::/32"]);
     }
 
     #[test]

@@ -31,7 +31,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use chrono::{DateTime, Utc};
 use hashbrown::HashTable;
 use http::HeaderValue;
-use prodgy_crds::{HashedRecord, RecordState, Refusal, ScopeSet, TokenHash};
+use prodgy_crds::{HashedRecord, RecordState, Refusal, ScopeSet, SourceRange, TokenHash};
 
 use crate::cells::{Cells, TokenCell};
 use crate::{Error, Result};
@@ -88,17 +88,23 @@ pub struct Record {
     ns_len: u16,
     label_len: u16,
     first: HashSlot,
-    /// Superseded digests in their grace period (rare): a thin pointer.
-    #[expect(
-        clippy::box_collection,
-        reason = "8 bytes instead of a boxed slice's 16, times a million records"
-    )]
-    more: Option<Box<Vec<HashSlot>>>,
+    /// Superseded digests in their grace period and source ranges (both
+    /// rare): one thin pointer.
+    rare: Option<Box<Rare>>,
     /// `(requests per second, burst)`; `rps == 0` means unlimited.
     rate: (u32, u32),
     product: Arc<Product>,
     scopes: ScopeSet,
     state: RecordState,
+}
+
+/// The parts of a record few records have, behind one pointer.
+#[derive(Debug, Default)]
+struct Rare {
+    /// Superseded digests in their grace period.
+    more: Vec<HashSlot>,
+    /// Source ranges; empty for any source.
+    sources: Vec<SourceRange>,
 }
 
 impl Record {
@@ -126,22 +132,29 @@ impl Record {
     pub fn scopes(&self) -> ScopeSet {
         self.scopes
     }
+    /// The source ranges, when the token is restricted to some.
+    pub fn sources(&self) -> Option<&[SourceRange]> {
+        self.rare
+            .as_ref()
+            .map(|r| r.sources.as_slice())
+            .filter(|s| !s.is_empty())
+    }
     /// `(requests per second, burst)` when rate-limited.
     pub fn rate(&self) -> Option<(u32, u32)> {
         (self.rate.0 > 0).then_some(self.rate)
     }
 
     fn slots(&self) -> impl Iterator<Item = &HashSlot> {
-        std::iter::once(&self.first).chain(self.more.iter().flat_map(|m| m.iter()))
+        std::iter::once(&self.first).chain(self.rare.iter().flat_map(|r| r.more.iter()))
     }
 
     fn slot(&self, i: u32) -> &HashSlot {
         match i {
             0 => &self.first,
             n => self
-                .more
+                .rare
                 .as_ref()
-                .and_then(|m| m.get(n as usize - 1))
+                .and_then(|r| r.more.get(n as usize - 1))
                 .unwrap_or(&self.first),
         }
     }
@@ -520,6 +533,7 @@ impl IndexWriter {
         let mut slots = slots.into_iter();
         let first = slots.next().ok_or(Error::InvalidRecord("no hash"))?;
         let more: Vec<HashSlot> = slots.collect();
+        let sources = r.source_ranges()?;
         let mut text = String::with_capacity(label_len + r.uid.len());
         text.push_str(&r.namespace);
         text.push('/');
@@ -531,7 +545,8 @@ impl IndexWriter {
             ns_len,
             label_len: label_len16,
             first,
-            more: (!more.is_empty()).then(|| Box::new(more)),
+            rare: (!more.is_empty() || !sources.is_empty())
+                .then(|| Box::new(Rare { more, sources })),
             rate: r
                 .rate_limit
                 .as_ref()

@@ -2,7 +2,8 @@
 //!
 //! A request's path: [`auth`] reads the bearer token (shape and checksum, no
 //! lookup), [`index`] finds its SHA-256 digest (constant-time compare) and
-//! the record decides state, expiry, product and scope, [`cells`] holds the
+//! the record decides state, expiry, source ranges ([`client_addr`] names
+//! the client), product and scope, [`cells`] holds the
 //! token's rate bucket and counters, [`proxy`] strips the credential and any
 //! client-sent identity headers and injects the verified identity. The index
 //! is fed by [`source`] (a Kubernetes watch of hashed Secrets, or JSON files);
@@ -11,6 +12,7 @@
 
 pub mod auth;
 pub mod cells;
+pub mod client_addr;
 pub mod clock;
 pub mod config;
 pub mod index;

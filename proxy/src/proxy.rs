@@ -28,7 +28,7 @@
 //! pingora errors are logged by kind only: their context can quote the raw
 //! request head, credential included.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -48,11 +48,12 @@ use pingora::upstreams::peer::Peer;
 use pingora::{Error as PError, ErrorType};
 use prodgy_crds::envelope::ErrorBody;
 use prodgy_crds::scope;
-use prodgy_crds::{Scope, ScopeSet, identity};
+use prodgy_crds::{Scope, ScopeSet, SourceRange, identity};
 use tokio::io::AsyncReadExt;
 
 use crate::auth::{self, Reason};
 use crate::cells::TokenCell;
+use crate::client_addr::Peer as ClientPeer;
 use crate::clock;
 use crate::config::HeadLimits;
 use crate::index::Record;
@@ -66,6 +67,8 @@ pub struct AuthProxy {
     peer: HttpPeer,
     connector: TransportConnector,
     limits: HeadLimits,
+    /// `--trusted-proxies`.
+    trusted: Box<[SourceRange]>,
 }
 
 impl std::fmt::Debug for AuthProxy {
@@ -174,7 +177,15 @@ impl AuthProxy {
             peer,
             connector,
             limits,
+            trusted: Box::default(),
         }
+    }
+
+    /// Believes the forwarding headers of these peers (`--trusted-proxies`).
+    #[must_use]
+    pub fn with_trusted_proxies(mut self, trusted: Vec<SourceRange>) -> Self {
+        self.trusted = trusted.into_boxed_slice();
+        self
     }
 
     /// The upstream request head: the client's, as HTTP/1.1, without the
@@ -387,6 +398,7 @@ impl AuthProxy {
         down: &mut ServerSession,
         kept: &mut Option<Stream>,
         head_len: usize,
+        peer: Option<IpAddr>,
     ) -> bool {
         let _in_flight = InFlight::start();
         let start = Instant::now();
@@ -401,6 +413,10 @@ impl AuthProxy {
             req,
             len: head_len,
             conflicting_framing,
+            peer: ClientPeer {
+                addr: peer,
+                trusted: &self.trusted,
+            },
         };
         let clock = Clock {
             unix_ns: now,
@@ -690,6 +706,10 @@ impl ServerApp for AuthProxy {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let mut shutdown = shutdown.clone();
+        // Once per connection: the address source ranges are checked against.
+        let peer = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
         let mut down = ServerSession::new_http1(stream);
         down.set_pipelining_enabled(true);
         // The upstream connection this client connection last used.
@@ -711,7 +731,8 @@ impl ServerApp for AuthProxy {
                     break;
                 }
             };
-            if !self.handle(&mut down, &mut kept, head_len).await || down.get_keepalive().is_none()
+            if !self.handle(&mut down, &mut kept, head_len, peer).await
+                || down.get_keepalive().is_none()
             {
                 close(&mut down).await;
                 break;

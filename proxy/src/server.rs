@@ -222,7 +222,8 @@ pub fn run(config: Config) -> Result<()> {
             config.upstream,
             config.upstream_keepalive_pool,
             config.head_limits,
-        ),
+        )
+        .with_trusted_proxies(config.trusted_proxies),
     );
     proxy.add_tcp(&config.listen.to_string());
 

@@ -12,6 +12,7 @@ use prodgy_crds::{Scope, TokenHash, scope::Route};
 
 use crate::auth::{self, Reason};
 use crate::cells::{Cells, TokenCell};
+use crate::client_addr::Peer;
 use crate::config::HeadLimits;
 use crate::index::{Index, Record};
 
@@ -49,6 +50,8 @@ pub struct Head<'a> {
     /// `Transfer-Encoding` beside a `Content-Length` line in the raw head
     /// (pingora drops the latter, RFC 9112 §6.3; this proxy refuses both).
     pub conflicting_framing: bool,
+    /// The connection's peer, for tokens with source ranges.
+    pub peer: Peer<'a>,
 }
 
 /// The instant of the decision, on both clocks.
@@ -61,7 +64,9 @@ pub struct Clock {
 }
 
 /// Decides about a request: bounds and framing, then the credential, the
-/// token's state and expiry, product, scope and rate, in that order.
+/// token's state and expiry, its source ranges, product, scope and rate, in
+/// that order. Source ranges come before product and scope: a client outside
+/// them learns nothing more about the token than that it is refused here.
 pub fn verdict(
     head: Head<'_>,
     route: Route,
@@ -100,6 +105,9 @@ pub fn verdict(
     if let Err(r) = record.check(found.slot, clock.unix_ns) {
         return Err(refuse(r.into()));
     }
+    if !allowed_from(&record, head) {
+        return Err(refuse(Reason::SourceNotAllowed));
+    }
     if !record.product().served() {
         return Err(refuse(Reason::WrongProduct));
     }
@@ -124,6 +132,14 @@ pub fn verdict(
         });
     }
     Ok((record, cell))
+}
+
+/// Whether the token may be used from the request's client address. Only a
+/// token with source ranges reads it.
+fn allowed_from(record: &Record, head: Head<'_>) -> bool {
+    record.sources().is_none_or(|ranges| {
+        prodgy_crds::sources::allows(ranges, head.peer.client(&head.req.headers))
+    })
 }
 
 #[cfg(test)]

@@ -22,7 +22,9 @@ use super::Console;
 use crate::Error;
 use crate::args::CreateArgs;
 use crate::commands::{Issued, previous_valid_until};
-use crate::parse::{parse_duration_flag, parse_scope, validate_name, validate_product};
+use crate::parse::{
+    parse_duration_flag, parse_scope, parse_source_range, validate_name, validate_product,
+};
 use crate::render::TokenView;
 
 /// An error as the page receives it.
@@ -111,6 +113,8 @@ pub struct CreateForm {
     burst: Option<u32>,
     #[serde(default)]
     reveal_once: bool,
+    #[serde(default)]
+    allow_sources: Vec<String>,
 }
 
 impl CreateForm {
@@ -135,6 +139,12 @@ impl CreateForm {
         if self.burst.is_some() && self.rate_limit.is_none() {
             return Err(invalid("burst")("needs a rate limit".into()));
         }
+        let allow_sources = self
+            .allow_sources
+            .iter()
+            .map(|s| parse_source_range(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(invalid("allowed source"))?;
         let args = CreateArgs {
             name: self.name,
             product: self.product,
@@ -144,6 +154,7 @@ impl CreateForm {
             rate_limit: self.rate_limit,
             burst: self.burst,
             reveal_once: self.reveal_once,
+            allow_sources,
         };
         Ok((self.namespace, args))
     }

@@ -254,6 +254,7 @@ pub(super) fn desired_record(
         expires_at: f.spec.expires_at,
         scopes: f.spec.scopes.clone(),
         rate_limit: f.spec.rate_limit,
+        allowed_source_ranges: f.spec.allowed_source_ranges.clone(),
         hashes,
     })
 }

@@ -47,6 +47,27 @@ fn world() -> World {
             burst: None,
         });
     });
+    let ranged = |r: &mut HashedRecord, ranges: &[&str]| {
+        r.allowed_source_ranges = ranges.iter().map(|s| (*s).to_owned()).collect();
+    };
+    add("v4-only", &|r| ranged(r, &["10.0.0.0/8", "192.0.2.7/32"]));
+    add("v6-only", &|r| ranged(r, &["2001:db8::/32"]));
+    add("ranged-revoked", &|r| {
+        ranged(r, &["10.0.0.0/8"]);
+        r.state = RecordState::Revoked;
+    });
+    add("ranged-expired", &|r| {
+        ranged(r, &["10.0.0.0/8"]);
+        r.expires_at = Some(at(0));
+    });
+    add("ranged-agents-read", &|r| {
+        ranged(r, &["10.0.0.0/8"]);
+        r.scopes = vec![Scope::AgentsRead];
+    });
+    add("ranged-other-product", &|r| {
+        ranged(r, &["10.0.0.0/8"]);
+        r.product = "globex".into();
+    });
     add("superseded", &|r| {
         r.hashes[0] = HashEntry {
             not_after: Some(at(0)),
@@ -78,14 +99,30 @@ impl World {
         path: &str,
         auth: &[&str],
     ) -> Result<(Arc<Record>, Arc<TokenCell>), Refused> {
+        let peer = Peer::direct(Some(std::net::Ipv4Addr::LOCALHOST.into()));
+        self.judge_from(method, path, auth, &[], peer)
+    }
+
+    fn judge_from(
+        &self,
+        method: &str,
+        path: &str,
+        auth: &[&str],
+        extra: &[(&str, &str)],
+        peer: Peer<'_>,
+    ) -> Result<(Arc<Record>, Arc<TokenCell>), Refused> {
         let mut req = RequestHeader::build(method, path.as_bytes(), None).unwrap();
         for a in auth {
             req.append_header(header::AUTHORIZATION, *a).unwrap();
+        }
+        for (n, v) in extra {
+            req.append_header(n.to_string(), *v).unwrap();
         }
         let head = Head {
             req: &req,
             len: 100,
             conflicting_framing: false,
+            peer,
         };
         let clock = Clock {
             unix_ns: NOW,
@@ -275,6 +312,7 @@ fn bounds_and_framing_come_before_the_credential() {
             req,
             len,
             conflicting_framing,
+            peer: Peer::direct(None),
         };
         verdict(head, route, LIMITS, &w.index, &w.cells, clock).map_err(|r| r.reason)
     };
@@ -288,4 +326,207 @@ fn bounds_and_framing_come_before_the_credential() {
         req.append_header("x-pad", "1").unwrap();
     }
     assert_eq!(decide(&req, 10, false).unwrap_err(), Reason::TooManyHeaders);
+}
+
+/// Token, method, peer, forwarding headers, and the verdict.
+type SourceCase = (
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    Vec<(&'static str, &'static str)>,
+    Result<&'static str, Reason>,
+);
+
+#[test]
+fn source_ranges_come_after_state_and_before_product_and_scope() {
+    use Reason as R;
+    let w = world();
+    let trusted = [prodgy_crds::SourceRange::parse("172.16.0.0/12").unwrap()];
+    let xff = "x-forwarded-for";
+    let cases: Vec<SourceCase> = vec![
+        // Tokens without ranges: any source, even an unknown one.
+        ("active", "GET", Some("203.0.113.9"), vec![], Ok("active")),
+        ("active", "GET", None, vec![], Ok("active")),
+        ("v4-only", "GET", Some("10.1.2.3"), vec![], Ok("v4-only")),
+        ("v4-only", "GET", Some("192.0.2.7"), vec![], Ok("v4-only")),
+        (
+            "v4-only",
+            "GET",
+            Some("::ffff:10.1.2.3"),
+            vec![],
+            Ok("v4-only"),
+        ),
+        (
+            "v4-only",
+            "GET",
+            Some("192.0.2.8"),
+            vec![],
+            Err(R::SourceNotAllowed),
+        ),
+        (
+            "v4-only",
+            "GET",
+            Some("2001:db8::1"),
+            vec![],
+            Err(R::SourceNotAllowed),
+        ),
+        ("v4-only", "GET", None, vec![], Err(R::SourceNotAllowed)),
+        (
+            "v6-only",
+            "GET",
+            Some("2001:db8:7::1"),
+            vec![],
+            Ok("v6-only"),
+        ),
+        (
+            "v6-only",
+            "GET",
+            Some("2001:db9::1"),
+            vec![],
+            Err(R::SourceNotAllowed),
+        ),
+        (
+            "v6-only",
+            "GET",
+            Some("10.1.2.3"),
+            vec![],
+            Err(R::SourceNotAllowed),
+        ),
+        // A spoofed header from an untrusted peer changes nothing.
+        (
+            "v4-only",
+            "GET",
+            Some("203.0.113.9"),
+            vec![(xff, "10.1.2.3")],
+            Err(R::SourceNotAllowed),
+        ),
+        (
+            "v4-only",
+            "GET",
+            Some("10.1.2.3"),
+            vec![(xff, "203.0.113.9")],
+            Ok("v4-only"),
+        ),
+        // Behind a trusted proxy: the right-most untrusted address.
+        (
+            "v4-only",
+            "GET",
+            Some("172.16.0.1"),
+            vec![(xff, "10.1.2.3")],
+            Ok("v4-only"),
+        ),
+        (
+            "v4-only",
+            "GET",
+            Some("172.16.0.1"),
+            vec![(xff, "10.1.2.3, 172.16.0.9")],
+            Ok("v4-only"),
+        ),
+        (
+            "v4-only",
+            "GET",
+            Some("172.16.0.1"),
+            vec![(xff, "10.1.2.3, 203.0.113.9")],
+            Err(R::SourceNotAllowed),
+        ),
+        (
+            "v4-only",
+            "GET",
+            Some("172.16.0.1"),
+            vec![("forwarded", "for=10.1.2.3")],
+            Ok("v4-only"),
+        ),
+        (
+            "v4-only",
+            "GET",
+            Some("172.16.0.1"),
+            vec![("forwarded", "for=unknown")],
+            Err(R::SourceNotAllowed),
+        ),
+        (
+            "v4-only",
+            "GET",
+            Some("172.16.0.1"),
+            vec![],
+            Err(R::SourceNotAllowed),
+        ),
+        // State and expiry first: an outsider still learns the token is dead.
+        (
+            "ranged-revoked",
+            "GET",
+            Some("203.0.113.9"),
+            vec![],
+            Err(R::RevokedToken),
+        ),
+        (
+            "ranged-expired",
+            "GET",
+            Some("203.0.113.9"),
+            vec![],
+            Err(R::ExpiredToken),
+        ),
+        // Product and scope after: an outsider learns nothing of them.
+        (
+            "ranged-other-product",
+            "GET",
+            Some("203.0.113.9"),
+            vec![],
+            Err(R::SourceNotAllowed),
+        ),
+        (
+            "ranged-other-product",
+            "GET",
+            Some("10.1.2.3"),
+            vec![],
+            Err(R::WrongProduct),
+        ),
+        (
+            "ranged-agents-read",
+            "POST",
+            Some("203.0.113.9"),
+            vec![],
+            Err(R::SourceNotAllowed),
+        ),
+        (
+            "ranged-agents-read",
+            "POST",
+            Some("10.1.2.3"),
+            vec![],
+            Err(R::InsufficientScope),
+        ),
+        (
+            "ranged-agents-read",
+            "GET",
+            Some("10.1.2.3"),
+            vec![],
+            Ok("ranged-agents-read"),
+        ),
+    ];
+    for (label, method, peer, extra, want) in cases {
+        let bearer = w.bearer(label);
+        let peer = Peer {
+            addr: peer.map(|p| p.parse().unwrap()),
+            trusted: &trusted,
+        };
+        let got = w
+            .judge_from(method, "/api/agent-base", &[&bearer], &extra, peer)
+            .map(|(record, _)| record.name().to_owned())
+            .map_err(|r| r.reason);
+        assert_eq!(
+            got,
+            want.map(str::to_owned),
+            "{label} {method} {peer:?} {extra:?}"
+        );
+    }
+    // A refusal for the source is counted on the token's cell.
+    let refused = w
+        .judge_from(
+            "GET",
+            "/api/agent-base",
+            &[&w.bearer("v4-only")],
+            &[],
+            Peer::direct(Some("203.0.113.9".parse().unwrap())),
+        )
+        .unwrap_err();
+    assert!(refused.cell.is_some() && refused.scope.is_none());
 }

@@ -185,6 +185,8 @@ pub struct ProxyBuilder {
     env: Vec<(String, String)>,
     upstream: SocketAddr,
     wait_ready: bool,
+    /// The listen host (`127.0.0.1`; `[::1]` or `[::]` for IPv6).
+    host: String,
 }
 
 impl ProxyBuilder {
@@ -198,6 +200,7 @@ impl ProxyBuilder {
             env: vec![],
             upstream,
             wait_ready: true,
+            host: "127.0.0.1".into(),
         }
     }
     pub fn kube(upstream: SocketAddr, kubeconfig: &Path) -> Self {
@@ -210,6 +213,7 @@ impl ProxyBuilder {
             env: vec![("KUBECONFIG".into(), kubeconfig.display().to_string())],
             upstream,
             wait_ready: true,
+            host: "127.0.0.1".into(),
         }
     }
     pub fn arg(mut self, a: impl Into<String>) -> Self {
@@ -218,6 +222,11 @@ impl ProxyBuilder {
     }
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.env.push((k.into(), v.into()));
+        self
+    }
+    /// Listens on `host` (e.g. `[::1]`) instead of `127.0.0.1`.
+    pub fn listen_host(mut self, host: &str) -> Self {
+        self.host = host.into();
         self
     }
     pub fn no_wait(mut self) -> Self {
@@ -233,7 +242,7 @@ impl ProxyBuilder {
             let (p, m) = (free_port(), free_port());
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_prodgy-proxy"));
             cmd.args(&self.args)
-                .arg(format!("--listen=127.0.0.1:{p}"))
+                .arg(format!("--listen={}:{p}", self.host))
                 .arg(format!("--metrics-addr=127.0.0.1:{m}"))
                 .arg(format!("--upstream={}", self.upstream))
                 .arg("--threads=2")
@@ -248,7 +257,9 @@ impl ProxyBuilder {
             let child = cmd.spawn().unwrap();
             let mut proxy = Proxy {
                 child: Some(child),
-                addr: format!("127.0.0.1:{p}").parse().unwrap(),
+                addr: format!("{}:{p}", self.host.replace("[::]", "[::1]"))
+                    .parse()
+                    .unwrap(),
                 metrics: format!("127.0.0.1:{m}").parse().unwrap(),
                 log: log.clone(),
                 _dir: None,

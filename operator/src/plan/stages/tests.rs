@@ -84,6 +84,7 @@ impl Case {
             expires_at: None,
             scopes: Vec::new(),
             rate_limit: None,
+            allowed_source_ranges: Vec::new(),
             hashes,
         }
     }
@@ -470,4 +471,19 @@ fn issue_events_name_the_delivery_secret_and_never_the_plaintext() {
     assert_eq!(evs[0].reason, reason::ISSUED);
     assert!(evs[0].note.contains("bot-cred"), "{}", evs[0].note);
     assert!(!evs[0].note.contains(c.fresh.expose()));
+}
+
+#[test]
+fn the_desired_record_carries_the_source_ranges() {
+    let c = Case::new(r#"{"product":"acme","allowedSourceRanges":["10.0.0.0/8","2001:db8::/32"]}"#);
+    let f = c.frame();
+    let r = desired_record(&f, None, &issued(&f, &Source::Fresh)).unwrap();
+    assert_eq!(r.allowed_source_ranges, ["10.0.0.0/8", "2001:db8::/32"]);
+    assert_eq!(r.source_ranges().unwrap().len(), 2);
+    // Without ranges the record has no such key: older proxies read it.
+    let c = Case::new(r#"{"product":"acme"}"#);
+    let f = c.frame();
+    let r = desired_record(&f, None, &issued(&f, &Source::Fresh)).unwrap();
+    let json = serde_json::to_value(&r).unwrap();
+    assert!(json.get("allowedSourceRanges").is_none(), "{json}");
 }
