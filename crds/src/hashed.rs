@@ -137,6 +137,9 @@ pub struct HashedRecord {
     pub rate_limit: Option<RateLimit>,
     /// Accepted digests: the current one first.
     pub hashes: Vec<HashEntry>,
+    /// Usage cap and the usage the operator summed for it (capped tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_limit: Option<crate::usage_limit::RecordLimit>,
 }
 
 /// Why a known token is refused.
@@ -176,6 +179,7 @@ impl HashedRecord {
             scopes: Vec::new(),
             rate_limit: None,
             hashes: vec![HashEntry::current(hash, 0)],
+            usage_limit: None,
         }
     }
 

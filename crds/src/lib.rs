@@ -15,6 +15,7 @@ pub mod identity;
 pub mod scope;
 pub mod token;
 pub mod usage;
+pub mod usage_limit;
 
 pub use apitoken::{
     ApiToken, ApiTokenSpec, ApiTokenStatus, Delivery, DeliveryMode, Phase, RateLimit, UsageLedger,
@@ -23,6 +24,7 @@ pub use hashed::{HashEntry, HashedRecord, RecordState, Refusal};
 pub use scope::{Route, RouteGroup, Scope, ScopeSet};
 pub use token::{FormatError, Token, TokenHash};
 pub use usage::{TokenUsage, UsageReport, UsageReportSpec};
+pub use usage_limit::{RecordLimit, UsageLimit, UsageLimitStatus, WindowCount};
 
 /// The API group of every resource here.
 pub const GROUP: &str = "prodgy.io";

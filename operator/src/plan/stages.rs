@@ -18,6 +18,8 @@ use super::{
 };
 use crate::{Result, usage::Folded};
 
+pub(super) mod usage_limit;
+
 /// Longest accepted grace period: beyond it a spec is surely a typo.
 const MAX_GRACE: TimeDelta = TimeDelta::days(3650);
 
@@ -252,6 +254,7 @@ pub(super) fn desired_record(
         scopes: f.spec.scopes.clone(),
         rate_limit: f.spec.rate_limit,
         hashes,
+        usage_limit: None, // the usage-limit stage fills it in
     })
 }
 
@@ -454,6 +457,7 @@ pub(super) fn desired_status(f: &Frame<'_>, o: Outcome<'_>) -> ApiTokenStatus {
         hashed_secret_namespace: has_record.then(|| f.cfg.hashed_namespace.clone()),
         delivery_secret_name: o.delivery.holds_current.then(|| f.delivery_name.clone()),
         usage_ledger: (o.folded.ledger != Default::default()).then(|| o.folded.ledger.clone()),
+        usage_limit: None, // the usage-limit stage fills it in
         observed_generation: Some(f.id.generation),
         conditions,
     }
@@ -497,6 +501,7 @@ pub(super) fn status_write(
     let same_but_usage = ApiTokenStatus {
         usage: current.usage,
         last_used_at: current.last_used_at,
+        usage_limit: current.usage_limit.clone(),
         ..desired.clone()
     };
     let usage_only = same_but_usage == *current;

@@ -83,6 +83,7 @@ impl Case {
             scopes: Vec::new(),
             rate_limit: None,
             hashes,
+            usage_limit: None,
         }
     }
 
