@@ -34,6 +34,7 @@ use http::HeaderValue;
 use prodgy_crds::{HashedRecord, RecordState, Refusal, ScopeSet, TokenHash};
 
 use crate::cells::{Cells, TokenCell};
+use crate::quota::Limit;
 use crate::{Error, Result};
 
 /// Shard counts a full rebuild chooses from.
@@ -88,17 +89,22 @@ pub struct Record {
     ns_len: u16,
     label_len: u16,
     first: HashSlot,
-    /// Superseded digests in their grace period (rare): a thin pointer.
-    #[expect(
-        clippy::box_collection,
-        reason = "8 bytes instead of a boxed slice's 16, times a million records"
-    )]
-    more: Option<Box<Vec<HashSlot>>>,
+    /// Superseded digests in their grace period and the usage cap (rare):
+    /// a thin pointer, 8 bytes instead of a boxed slice's 16, times a
+    /// million records.
+    more: Option<Box<Rare>>,
     /// `(requests per second, burst)`; `rps == 0` means unlimited.
     rate: (u32, u32),
     product: Arc<Product>,
     scopes: ScopeSet,
     state: RecordState,
+}
+
+/// What few records have.
+#[derive(Debug)]
+struct Rare {
+    slots: Vec<HashSlot>,
+    limit: Option<Limit>,
 }
 
 impl Record {
@@ -126,13 +132,17 @@ impl Record {
     pub fn scopes(&self) -> ScopeSet {
         self.scopes
     }
+    /// The usage cap, when the token has one.
+    pub fn limit(&self) -> Option<&Limit> {
+        self.more.as_ref().and_then(|m| m.limit.as_ref())
+    }
     /// `(requests per second, burst)` when rate-limited.
     pub fn rate(&self) -> Option<(u32, u32)> {
         (self.rate.0 > 0).then_some(self.rate)
     }
 
     fn slots(&self) -> impl Iterator<Item = &HashSlot> {
-        std::iter::once(&self.first).chain(self.more.iter().flat_map(|m| m.iter()))
+        std::iter::once(&self.first).chain(self.more.iter().flat_map(|m| m.slots.iter()))
     }
 
     fn slot(&self, i: u32) -> &HashSlot {
@@ -141,7 +151,7 @@ impl Record {
             n => self
                 .more
                 .as_ref()
-                .and_then(|m| m.get(n as usize - 1))
+                .and_then(|m| m.slots.get(n as usize - 1))
                 .unwrap_or(&self.first),
         }
     }
@@ -526,6 +536,7 @@ impl IndexWriter {
             .next()
             .ok_or_else(|| Error::InvalidRecord("no hash".into()))?;
         let more: Vec<HashSlot> = slots.collect();
+        let limit = r.usage_limit.as_ref().map(Limit::new);
         let mut text = String::with_capacity(label_len + r.uid.len());
         text.push_str(&r.namespace);
         text.push('/');
@@ -537,7 +548,8 @@ impl IndexWriter {
             ns_len,
             label_len: label_len16,
             first,
-            more: (!more.is_empty()).then(|| Box::new(more)),
+            more: (!more.is_empty() || limit.is_some())
+                .then(|| Box::new(Rare { slots: more, limit })),
             rate: r
                 .rate_limit
                 .as_ref()
