@@ -178,7 +178,8 @@ impl RecordLimit {
 
     /// Same cap, windows and summed usage, ignoring the per-epoch detail.
     pub fn same_usage(&self, other: &Self) -> bool {
-        (self.requests, self.per_seconds, self.anchor) == (other.requests, other.per_seconds, other.anchor)
+        (self.requests, self.per_seconds, self.anchor)
+            == (other.requests, other.per_seconds, other.anchor)
             && (self.window_start, self.used) == (other.window_start, other.used)
     }
 }

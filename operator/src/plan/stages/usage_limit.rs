@@ -67,13 +67,15 @@ pub(in crate::plan) fn capped(
         .filter(|w| w.start == window.start)
         .map_or(0, |w| count(w.count));
     for report in reports {
-        let (Some(name), Some(entry)) = (
-            report.metadata.name.as_deref(),
-            report.spec.tokens.get(uid),
-        ) else {
+        let (Some(name), Some(entry)) =
+            (report.metadata.name.as_deref(), report.spec.tokens.get(uid))
+        else {
             continue;
         };
-        let Some(w) = entry.window.filter(|w| per_s.is_none() || w.start == window.start) else {
+        let Some(w) = entry
+            .window
+            .filter(|w| per_s.is_none() || w.start == window.start)
+        else {
             continue;
         };
         if folded.newly_folded.iter().any(|n| n == name) {

@@ -17,7 +17,8 @@ fn t(secs: i64) -> DateTime<Utc> {
 const RET: chrono::TimeDelta = chrono::TimeDelta::seconds(120);
 
 fn token(limit: &str) -> ApiToken {
-    let spec = serde_json::from_str(&format!(r#"{{"product":"acme","usageLimit":{limit}}}"#)).unwrap();
+    let spec =
+        serde_json::from_str(&format!(r#"{{"product":"acme","usageLimit":{limit}}}"#)).unwrap();
     let mut tok = ApiToken::new("ci-bot", spec);
     tok.metadata.namespace = Some("team-a".into());
     tok.metadata.uid = Some("u1".into());
@@ -62,7 +63,10 @@ fn no_cap_no_stage() {
     let mut tok = token("null");
     tok.spec.usage_limit = None;
     let folded = fold("u1", &UsageLedger::default(), &[], t(0), RET);
-    assert_eq!(capped(&tok, &UsageLedger::default(), &folded, &[], t(0)), None);
+    assert_eq!(
+        capped(&tok, &UsageLedger::default(), &folded, &[], t(0)),
+        None
+    );
 }
 
 #[test]
@@ -78,7 +82,10 @@ fn the_window_sums_only_reports_of_the_current_window_with_each_epochs_part() {
     ];
     let cap = cap_at(&tok, &UsageLedger::default(), &reports, 3_700);
     assert_eq!(cap.used, 6);
-    assert_eq!(cap.reported, BTreeMap::from([("a".into(), 4), ("b".into(), 2)]));
+    assert_eq!(
+        cap.reported,
+        BTreeMap::from([("a".into(), 4), ("b".into(), 2)])
+    );
     assert_eq!(cap.window.start, t(3_600));
     let status = cap.status();
     assert_eq!((status.used, status.remaining), (6, 4));
@@ -104,7 +111,13 @@ fn a_retired_report_moves_its_window_count_to_the_ledger_never_twice() {
     let cap = capped(&tok, &UsageLedger::default(), &folded, &reports, t(3_730)).unwrap();
     assert_eq!(cap.used, 5);
     assert_eq!(cap.reported, BTreeMap::from([("new".into(), 2)]));
-    assert_eq!(cap.retired, Some(WindowCount { start: t(3_600), count: 3 }));
+    assert_eq!(
+        cap.retired,
+        Some(WindowCount {
+            start: t(3_600),
+            count: 3
+        })
+    );
     // The next pass reads the written ledger: still 5, counted once.
     let mut ledger = folded.ledger.clone();
     ledger.window = cap.retired;
@@ -123,19 +136,33 @@ fn a_lifetime_cap_counts_the_lifetime_usage_and_never_renews() {
         base: 40,
         ..Default::default()
     };
-    let reports = [report("a", 500, 12, Some((0, 5))), report("b", 500, 3, None)];
+    let reports = [
+        report("a", 500, 12, Some((0, 5))),
+        report("b", 500, 3, None),
+    ];
     let cap = cap_at(&tok, &ledger, &reports, 500);
-    assert_eq!(cap.used, 55, "base 40 + 12 + 3, calls before the cap included");
+    assert_eq!(
+        cap.used, 55,
+        "base 40 + 12 + 3, calls before the cap included"
+    );
     assert_eq!(cap.reported, BTreeMap::from([("a".into(), 5)]));
     let status = cap.status();
-    assert_eq!((status.remaining, status.renews_at, status.window_start), (45, None, None));
+    assert_eq!(
+        (status.remaining, status.renews_at, status.window_start),
+        (45, None, None)
+    );
     assert_eq!(wake(None, Some(&cap)), None);
 }
 
 #[test]
 fn an_unusable_period_fails_closed_as_a_lifetime_cap() {
     let tok = token(r#"{"requests":5,"per":"10s"}"#);
-    let cap = cap_at(&tok, &UsageLedger::default(), &[report("a", 10, 9, Some((0, 9)))], 10);
+    let cap = cap_at(
+        &tok,
+        &UsageLedger::default(),
+        &[report("a", 10, 9, Some((0, 9)))],
+        10,
+    );
     assert_eq!((cap.per_s, cap.window.end, cap.used), (None, None, 9));
 }
 
@@ -150,7 +177,14 @@ fn record(limit: Option<RecordLimit>) -> HashedRecord {
 #[test]
 fn usage_alone_waits_for_the_status_write_unless_it_exhausts_the_cap() {
     let tok = token(r#"{"requests":10,"per":"1h"}"#);
-    let cap = |a: i64| cap_at(&tok, &UsageLedger::default(), &[report("a", 10, a, Some((0, a)))], 10);
+    let cap = |a: i64| {
+        cap_at(
+            &tok,
+            &UsageLedger::default(),
+            &[report("a", 10, a, Some((0, a)))],
+            10,
+        )
+    };
     let seen = record(Some(cap(3).record()));
     let settle = |used: i64, status_planned: bool| {
         let want = HashedRecord {
@@ -161,17 +195,29 @@ fn usage_alone_waits_for_the_status_write_unless_it_exhausts_the_cap() {
     };
     assert_eq!(settle(5, false), seen, "deferred with the status");
     assert_eq!(settle(5, true).usage_limit.unwrap().used, 5);
-    assert_eq!(settle(10, false).usage_limit.unwrap().used, 10, "exhausted: at once");
+    assert_eq!(
+        settle(10, false).usage_limit.unwrap().used,
+        10,
+        "exhausted: at once"
+    );
     // Anything else in the record is never held back.
     let mut other = seen.clone();
     other.state = RecordState::Inactive;
     let got = settle_record(Some(other), Some(&seen), Some(&cap(5)), false).unwrap();
-    assert_eq!((got.state, got.usage_limit.unwrap().used), (RecordState::Inactive, 5));
+    assert_eq!(
+        (got.state, got.usage_limit.unwrap().used),
+        (RecordState::Inactive, 5)
+    );
     // A new cap is written at once; a removed one goes.
     let bare = record(None);
-    assert!(settle_record(Some(bare.clone()), Some(&bare), Some(&cap(1)), false)
-        .unwrap()
-        .usage_limit
-        .is_some());
-    assert_eq!(settle_record(Some(bare.clone()), Some(&seen), None, false), Some(bare));
+    assert!(
+        settle_record(Some(bare.clone()), Some(&bare), Some(&cap(1)), false)
+            .unwrap()
+            .usage_limit
+            .is_some()
+    );
+    assert_eq!(
+        settle_record(Some(bare.clone()), Some(&seen), None, false),
+        Some(bare)
+    );
 }
