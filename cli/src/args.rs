@@ -104,6 +104,9 @@ pub struct CreateArgs {
     /// Remove the delivery Secret after the operator's reveal window
     #[arg(long)]
     pub reveal_once: bool,
+    /// Cap on the calls, over every proxy replica: N for the token's whole life, or N/PER per window (1000/30d)
+    #[arg(long, value_name = "N[/PER]", value_parser = crate::usage_limit::parse)]
+    pub usage_limit: Option<prodgy_crds::UsageLimit>,
 }
 
 /// `list`.

@@ -683,6 +683,9 @@ pub fn create_manifest(
     if args.reveal_once {
         spec["delivery"] = json!({ "mode": DeliveryMode::RevealOnce });
     }
+    if let Some(limit) = &args.usage_limit {
+        spec["usageLimit"] = json!(limit);
+    }
     json!({
         "apiVersion": "prodgy.io/v1",
         "kind": "ApiToken",
@@ -782,6 +785,7 @@ mod tests {
             rate_limit: Some(5),
             burst: Some(10),
             reveal_once: true,
+            usage_limit: crate::usage_limit::parse("1000/30d").ok(),
         }
     }
 
@@ -800,7 +804,8 @@ mod tests {
                     "expiresAt": "2027-01-01T00:00:00Z",
                     "scopes": ["agents:read"],
                     "rateLimit": {"requestsPerSecond": 5, "burst": 10},
-                    "delivery": {"mode": "RevealOnce"}
+                    "delivery": {"mode": "RevealOnce"},
+                    "usageLimit": {"requests": 1000, "per": "30d"}
                 }
             })
         );
@@ -814,6 +819,7 @@ mod tests {
             rate_limit: None,
             burst: None,
             reveal_once: false,
+            usage_limit: None,
             ..args()
         };
         assert_eq!(

@@ -144,6 +144,7 @@ impl CreateForm {
             rate_limit: self.rate_limit,
             burst: self.burst,
             reveal_once: self.reveal_once,
+            usage_limit: None,
         };
         Ok((self.namespace, args))
     }

@@ -62,30 +62,7 @@ pub(in crate::plan) fn capped(
         reported: BTreeMap::new(),
         retired: None,
     };
-    let mut base = ledger
-        .window
-        .filter(|w| w.start == window.start)
-        .map_or(0, |w| count(w.count));
-    for report in reports {
-        let (Some(name), Some(entry)) =
-            (report.metadata.name.as_deref(), report.spec.tokens.get(uid))
-        else {
-            continue;
-        };
-        let Some(w) = entry
-            .window
-            .filter(|w| per_s.is_none() || w.start == window.start)
-        else {
-            continue;
-        };
-        if folded.newly_folded.iter().any(|n| n == name) {
-            base = base.saturating_add(count(w.count));
-        } else if !ledger.folded.iter().any(|n| n == name) {
-            cap.used = cap.used.saturating_add(count(w.count));
-            let part = cap.reported.entry(report.spec.epoch.clone()).or_default();
-            *part = part.saturating_add(count(w.count));
-        }
-    }
+    let base = cap.sum_reports(uid, ledger, folded, reports);
     if per_s.is_some() {
         cap.used = cap.used.saturating_add(base);
         cap.retired = (base > 0).then(|| WindowCount {
@@ -105,6 +82,41 @@ fn count(n: i64) -> u64 {
 }
 
 impl Capped {
+    /// Adds the live reports' counts of the window to `used` and
+    /// `reported`; returns what the ledger holds of the window after this
+    /// pass (its earlier part plus the reports retired by this pass).
+    fn sum_reports(
+        &mut self,
+        uid: &str,
+        ledger: &UsageLedger,
+        folded: &Folded,
+        reports: &[Arc<UsageReport>],
+    ) -> u64 {
+        let (start, lifetime) = (self.window.start, self.per_s.is_none());
+        let mut base = ledger
+            .window
+            .filter(|w| w.start == start)
+            .map_or(0, |w| count(w.count));
+        for report in reports {
+            let (Some(name), Some(entry)) =
+                (report.metadata.name.as_deref(), report.spec.tokens.get(uid))
+            else {
+                continue;
+            };
+            let Some(w) = entry.window.filter(|w| lifetime || w.start == start) else {
+                continue;
+            };
+            if folded.newly_folded.iter().any(|n| n == name) {
+                base = base.saturating_add(count(w.count));
+            } else if !ledger.folded.iter().any(|n| n == name) {
+                self.used = self.used.saturating_add(count(w.count));
+                let part = self.reported.entry(report.spec.epoch.clone()).or_default();
+                *part = part.saturating_add(count(w.count));
+            }
+        }
+        base
+    }
+
     /// `status.usageLimit`.
     pub fn status(&self) -> UsageLimitStatus {
         let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
