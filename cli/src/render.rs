@@ -452,7 +452,7 @@ mod tests {
         assert!(lines[0].ends_with("   REMAINING"), "{}", lines[0]);
         assert!(lines[1].ends_with("997"), "{}", lines[1]);
         assert!(lines[2].ends_with('-'), "{}", lines[2]);
-        assert!(!render_table(&[plain.clone()], false).contains("REMAINING"));
+        assert!(!render_table(std::slice::from_ref(&plain), false).contains("REMAINING"));
         let card = render_card(&capped);
         assert!(
             card.contains(

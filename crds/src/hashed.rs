@@ -137,9 +137,10 @@ pub struct HashedRecord {
     pub rate_limit: Option<RateLimit>,
     /// Accepted digests: the current one first.
     pub hashes: Vec<HashEntry>,
-    /// Usage cap and the usage the operator summed for it (capped tokens).
+    /// Usage cap and the usage the operator summed for it (capped tokens;
+    /// boxed, so records without one stay small).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub usage_limit: Option<crate::usage_limit::RecordLimit>,
+    pub usage_limit: Option<Box<crate::usage_limit::RecordLimit>>,
 }
 
 /// Why a known token is refused.

@@ -536,7 +536,7 @@ impl IndexWriter {
             .next()
             .ok_or_else(|| Error::InvalidRecord("no hash".into()))?;
         let more: Vec<HashSlot> = slots.collect();
-        let limit = r.usage_limit.as_ref().map(Limit::new);
+        let limit = r.usage_limit.as_deref().map(Limit::new);
         let mut text = String::with_capacity(label_len + r.uid.len());
         text.push_str(&r.namespace);
         text.push('/');

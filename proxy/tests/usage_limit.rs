@@ -56,7 +56,7 @@ async fn refused_over_cap(resp: reqwest::Response) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lifetime_cap_refuses_for_good_without_retry_after() {
     let mut t = issue("ns", "capped", "acme");
-    t.record.usage_limit = Some(cap(3, None, whole_second(Utc::now()), 1));
+    t.record.usage_limit = Some(Box::new(cap(3, None, whole_second(Utc::now()), 1)));
     let (up, p, _dir) = start(&[&t.record]).await;
     let bearer = t.bearer();
     for _ in 0..2 {
@@ -80,7 +80,7 @@ async fn a_renewing_cap_says_when_it_renews_and_renews_then() {
     // One-minute windows whose current one ends about 8 s from now.
     let anchor = whole_second(Utc::now()) - chrono::TimeDelta::seconds(52);
     let mut t = issue("ns", "monthly", "acme");
-    t.record.usage_limit = Some(cap(2, Some(60), anchor, 0));
+    t.record.usage_limit = Some(Box::new(cap(2, Some(60), anchor, 0)));
     let (up, p, _dir) = start(&[&t.record]).await;
     let bearer = t.bearer();
     assert_eq!(get(&p, &bearer).await.status(), 200);
@@ -108,7 +108,7 @@ async fn a_renewing_cap_says_when_it_renews_and_renews_then() {
 async fn uncapped_tokens_and_other_refusals_are_untouched() {
     let free = issue("ns", "free", "acme");
     let mut full = issue("ns", "full", "acme");
-    full.record.usage_limit = Some(cap(5, Some(3_600), whole_second(Utc::now()), 5));
+    full.record.usage_limit = Some(Box::new(cap(5, Some(3_600), whole_second(Utc::now()), 5)));
     full.record.state = prodgy_crds::RecordState::Inactive;
     let (_up, p, _dir) = start(&[&free.record, &full.record]).await;
     for _ in 0..20 {

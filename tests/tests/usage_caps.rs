@@ -51,7 +51,7 @@ async fn bad_caps_are_refused_by_the_api_server(s: &Scenario) -> Result<()> {
         (json!({"per": "1d"}), "requests"),
     ] {
         let err = s.apply_token("bad", json!({ "usageLimit": bad })).await;
-        let msg = format!("{:#}", err.err().expect("accepted a bad cap"));
+        let msg = format!("{:#}", err.expect_err("accepted a bad cap"));
         ensure!(msg.contains(why), "{bad}: {msg}");
     }
     Ok(())

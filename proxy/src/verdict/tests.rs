@@ -330,7 +330,7 @@ impl Capped {
 
     fn set(&mut self, limit: RecordLimit) {
         let mut r = HashedRecord::active("team-a", "capped", "capped", "acme", &self.token.hash());
-        r.usage_limit = Some(limit);
+        r.usage_limit = Some(Box::new(limit));
         let compact = self.writer.compact(&r).unwrap();
         self.writer.upsert(&compact);
     }
@@ -360,12 +360,16 @@ impl Capped {
     }
 }
 
+/// A cap, calls tried, how many are accepted, then the refusal and its
+/// `Retry-After`.
+type CapCase = (RecordLimit, usize, usize, Option<(Reason, Option<u64>)>);
+
 #[test]
 fn usage_caps_in_one_table() {
     use Reason::UsageLimitReached as Full;
     // (cap, calls tried at NOW, accepted, then the refusal)
     let hour = Some(3_600);
-    let cases: Vec<(RecordLimit, usize, usize, Option<(Reason, Option<u64>)>)> = vec![
+    let cases: Vec<CapCase> = vec![
         // Lifetime cap: refused without Retry-After, never renews.
         (cap(2, None, 0, 0, 0), 3, 2, Some((Full, None))),
         (cap(2, None, 0, 2, 0), 1, 0, Some((Full, None))),
@@ -423,7 +427,7 @@ fn a_capped_quota_renews_when_its_window_ends() {
 fn a_refusal_before_the_cap_does_not_use_it_up() {
     let mut c = Capped::new(cap(1, None, 0, 0, 0));
     let mut r = HashedRecord::active("team-a", "capped", "capped", "acme", &c.token.hash());
-    r.usage_limit = Some(cap(1, None, 0, 0, 0));
+    r.usage_limit = Some(Box::new(cap(1, None, 0, 0, 0)));
     r.state = RecordState::Inactive;
     let compact = c.writer.compact(&r).unwrap();
     c.writer.upsert(&compact);

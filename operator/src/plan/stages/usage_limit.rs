@@ -152,7 +152,7 @@ pub(in crate::plan) fn settle_record(
     status_planned: bool,
 ) -> Option<HashedRecord> {
     let mut desired = desired?;
-    desired.usage_limit = cap.map(Capped::record);
+    desired.usage_limit = cap.map(|c| Box::new(c.record()));
     let (Some(want), Some(seen)) = (&desired.usage_limit, observed) else {
         return Some(desired);
     };

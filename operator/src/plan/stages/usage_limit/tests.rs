@@ -119,7 +119,7 @@ fn a_retired_report_moves_its_window_count_to_the_ledger_never_twice() {
         })
     );
     // The next pass reads the written ledger: still 5, counted once.
-    let mut ledger = folded.ledger.clone();
+    let mut ledger = folded.ledger;
     ledger.window = cap.retired;
     assert_eq!(cap_at(&tok, &ledger, &reports, 3_740).used, 5);
     // Once deleted, the ledger alone carries it.
@@ -169,7 +169,7 @@ fn an_unusable_period_fails_closed_as_a_lifetime_cap() {
 fn record(limit: Option<RecordLimit>) -> HashedRecord {
     let t = Token::generate("prod").unwrap();
     HashedRecord {
-        usage_limit: limit,
+        usage_limit: limit.map(Box::new),
         ..HashedRecord::active("team-a", "ci-bot", "u1", "acme", &t.hash())
     }
 }
