@@ -584,7 +584,14 @@ pub async fn put(
     let sent = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    store(&state, &caller.product, &name, sent, body.into_data_stream()).await
+    store(
+        &state,
+        &caller.product,
+        &name,
+        sent,
+        body.into_data_stream(),
+    )
+    .await
 }
 
 /// List files, newest first.

@@ -109,6 +109,9 @@ pub struct CreateArgs {
     /// Accept the token only from this source range, a CIDR such as 10.0.0.0/8 or 2001:db8::/32 (repeatable) [default: any source]
     #[arg(long = "allow-source", value_name = "CIDR", value_parser = parse_source_range)]
     pub allow_sources: Vec<String>,
+    /// Cap on the calls, over every proxy replica: N for the token's whole life, or N/PER per window (1000/30d)
+    #[arg(long, value_name = "N[/PER]", value_parser = crate::usage_limit::parse)]
+    pub usage_limit: Option<prodgy_crds::UsageLimit>,
 }
 
 /// `list`.

@@ -689,6 +689,9 @@ pub fn create_manifest(
     if !args.allow_sources.is_empty() {
         spec["allowedSourceRanges"] = json!(args.allow_sources);
     }
+    if let Some(limit) = &args.usage_limit {
+        spec["usageLimit"] = json!(limit);
+    }
     json!({
         "apiVersion": "prodgy.io/v1",
         "kind": "ApiToken",
@@ -807,6 +810,7 @@ mod tests {
             burst: Some(10),
             reveal_once: true,
             allow_sources: vec![],
+            usage_limit: crate::usage_limit::parse("1000/30d").ok(),
         }
     }
 
@@ -825,7 +829,8 @@ mod tests {
                     "expiresAt": "2027-01-01T00:00:00Z",
                     "scopes": ["agents:read"],
                     "rateLimit": {"requestsPerSecond": 5, "burst": 10},
-                    "delivery": {"mode": "RevealOnce"}
+                    "delivery": {"mode": "RevealOnce"},
+                    "usageLimit": {"requests": 1000, "per": "30d"}
                 }
             })
         );
@@ -839,6 +844,7 @@ mod tests {
             rate_limit: None,
             burst: None,
             reveal_once: false,
+            usage_limit: None,
             ..args()
         };
         assert_eq!(

@@ -18,6 +18,7 @@ pub mod parse;
 pub mod render;
 pub mod terminal;
 pub mod ui;
+pub mod usage_limit;
 
 use std::time::Duration;
 

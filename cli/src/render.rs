@@ -10,6 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use prodgy_crds::{ApiToken, Phase};
 use serde::{Deserialize, Serialize};
 
+use crate::usage_limit::UsageLimitView;
 use crate::{Error, Result};
 
 /// Output formats of `list` and `get`.
@@ -56,6 +57,9 @@ pub struct TokenView {
     /// Source ranges the token is accepted from; empty means any source.
     #[serde(default)]
     pub allowed_sources: Vec<String>,
+    /// Usage cap and what is left of it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_limit: Option<UsageLimitView>,
     /// `spec.regeneration`.
     pub regeneration: i64,
     /// Until when the previous token still works after a regeneration.
@@ -131,6 +135,12 @@ impl TokenView {
                 burst: r.burst(),
             }),
             allowed_sources: spec.allowed_source_ranges.clone(),
+            usage_limit: spec.usage_limit.as_ref().map(|l| UsageLimitView {
+                requests: l.requests,
+                per: l.per.clone(),
+                remaining: status.usage_limit.as_ref().map(|s| s.remaining),
+                renews_at: status.usage_limit.as_ref().and_then(|s| s.renews_at),
+            }),
             regeneration: spec.regeneration,
             previous_valid_until: status.previous_valid_until,
             delivery_secret: status.delivery_secret_name.clone(),
@@ -184,6 +194,11 @@ pub fn render_table(tokens: &[TokenView], with_namespace: bool) -> String {
     if with_namespace {
         header.insert(0, "NAMESPACE");
     }
+    // Shown only when some token has a cap, so uncapped lists stay as they were.
+    let capped = tokens.iter().any(|t| t.usage_limit.is_some());
+    if capped {
+        header.push("REMAINING");
+    }
     let rows = tokens.iter().map(|t| {
         let mut row = vec![
             t.name.clone(),
@@ -197,6 +212,9 @@ pub fn render_table(tokens: &[TokenView], with_namespace: bool) -> String {
         ];
         if with_namespace {
             row.insert(0, t.namespace.clone());
+        }
+        if capped {
+            row.push(UsageLimitView::cell(t.usage_limit.as_ref()));
         }
         row
     });
@@ -286,6 +304,9 @@ pub fn render_card(t: &TokenView) -> String {
         ),
         ("Regeneration", t.regeneration.to_string()),
     ];
+    if let Some(limit) = &t.usage_limit {
+        lines.push(("Usage limit", limit.describe()));
+    }
     if let Some(until) = t.previous_valid_until {
         lines.push((
             "Previous token",
@@ -426,6 +447,36 @@ mod tests {
             all.lines().nth(1).unwrap().starts_with("team-a      ci"),
             "{all}"
         );
+    }
+
+    #[test]
+    fn a_usage_cap_adds_remaining_to_the_table_and_a_line_to_the_card() {
+        let mut capped = token("capped", Some(issued()));
+        capped.spec.usage_limit = crate::usage_limit::parse("1000/30d").ok();
+        let status = capped.status.as_mut().unwrap();
+        status.usage_limit = Some(prodgy_crds::UsageLimitStatus {
+            requests: 1000,
+            used: 3,
+            remaining: 997,
+            window_start: Some(at("2026-01-02T03:04:05Z")),
+            renews_at: Some(at("2026-02-01T03:04:05Z")),
+        });
+        let capped = TokenView::from_token(&capped);
+        let plain = TokenView::from_token(&token("plain", Some(issued())));
+        let table = render_table(&[capped.clone(), plain.clone()], false);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].ends_with("   REMAINING"), "{}", lines[0]);
+        assert!(lines[1].ends_with("997"), "{}", lines[1]);
+        assert!(lines[2].ends_with('-'), "{}", lines[2]);
+        assert!(!render_table(std::slice::from_ref(&plain), false).contains("REMAINING"));
+        let card = render_card(&capped);
+        assert!(
+            card.contains(
+                "Usage limit:     1000 requests per 30d: 997 left, renews 2026-02-01 03:04 UTC\n"
+            ),
+            "{card}"
+        );
+        assert!(!render_card(&plain).contains("Usage limit"));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::scope::Scope;
+use crate::usage_limit::{UsageLimit, UsageLimitStatus};
 
 /// An API token for one product, declared with `kubectl apply`.
 ///
@@ -28,6 +29,7 @@ use crate::scope::Scope;
     printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Usage","type":"integer","jsonPath":".status.usage"}"#,
     printcolumn = r#"{"name":"Expires","type":"string","format":"date-time","jsonPath":".spec.expiresAt"}"#,
+    printcolumn = r#"{"name":"Remaining","type":"integer","jsonPath":".status.usageLimit.remaining","priority":1}"#,
     printcolumn = r#"{"name":"Last Used","type":"date","jsonPath":".status.lastUsedAt","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -107,6 +109,11 @@ pub struct ApiTokenSpec {
     /// How the plaintext reaches its owner.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<Delivery>,
+
+    /// Optional cap on the calls the token may make, per window of `per`
+    /// or in its whole life, summed over every proxy replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_limit: Option<UsageLimit>,
 }
 
 fn default_true() -> bool {
@@ -271,6 +278,9 @@ pub struct ApiTokenStatus {
     /// token off, when the token was switched on again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unused: Option<crate::lifecycle::UnusedStatus>,
+    /// The usage cap's current window: used, remaining, renewal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_limit: Option<UsageLimitStatus>,
     /// The `metadata.generation` this status reflects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -295,6 +305,10 @@ pub struct UsageLedger {
     /// Latest use seen in a retired report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_used_at: Option<DateTime<Utc>>,
+    /// For a capped token: what retired reports counted in the current
+    /// window (`start`, `count`), so the window's sum survives retirement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<crate::usage_limit::WindowCount>,
 }
 
 /// Condition types and reasons (CamelCase, as Kubernetes conventions ask).
@@ -388,6 +402,7 @@ mod tests {
                 base: 40,
                 folded: vec!["r1".into()],
                 last_used_at: None,
+                window: None,
             }),
             ..Default::default()
         };

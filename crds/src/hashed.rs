@@ -140,6 +140,10 @@ pub struct HashedRecord {
     pub allowed_source_ranges: Vec<String>,
     /// Accepted digests: the current one first.
     pub hashes: Vec<HashEntry>,
+    /// Usage cap and the usage the operator summed for it (capped tokens;
+    /// boxed, so records without one stay small).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_limit: Option<Box<crate::usage_limit::RecordLimit>>,
 }
 
 /// Why a known token is refused.
@@ -180,6 +184,7 @@ impl HashedRecord {
             rate_limit: None,
             allowed_source_ranges: Vec::new(),
             hashes: vec![HashEntry::current(hash, 0)],
+            usage_limit: None,
         }
     }
 

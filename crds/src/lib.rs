@@ -19,6 +19,7 @@ pub mod scope;
 pub mod sources;
 pub mod token;
 pub mod usage;
+pub mod usage_limit;
 
 pub use apitoken::{
     ApiToken, ApiTokenSpec, ApiTokenStatus, Delivery, DeliveryMode, Phase, RateLimit, UsageLedger,
@@ -28,6 +29,7 @@ pub use scope::{Route, RouteGroup, Scope, ScopeSet};
 pub use sources::SourceRange;
 pub use token::{FormatError, Token, TokenHash};
 pub use usage::{TokenUsage, UsageReport, UsageReportSpec};
+pub use usage_limit::{RecordLimit, UsageLimit, UsageLimitStatus, WindowCount};
 
 /// The API group of every resource here.
 pub const GROUP: &str = "prodgy.io";

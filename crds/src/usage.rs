@@ -79,6 +79,9 @@ pub struct TokenUsage {
     pub count: i64,
     /// Latest accepted request.
     pub last_used_at: DateTime<Utc>,
+    /// For a capped token: this epoch's count in the cap's current window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<crate::usage_limit::WindowCount>,
 }
 
 /// The object name for a replica's epoch and shard: DNS-safe and unique.

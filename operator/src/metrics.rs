@@ -32,6 +32,7 @@ pub struct Metrics {
     registry: Registry,
     tokens: IntGaugeVec,
     expiry: GaugeVec,
+    usage_remaining: IntGaugeVec,
     reconciles: IntCounterVec,
     reconcile_errors: IntCounterVec,
     reconcile_duration: HistogramVec,
@@ -64,6 +65,13 @@ impl Metrics {
                 Opts::new(
                     "prodgy_operator_token_expiry_timestamp_seconds",
                     "spec.expiresAt of each ApiToken that expires and is neither revoked nor deactivated, as a Unix timestamp.",
+                ),
+                &["namespace", "name"],
+            )?,
+            usage_remaining: IntGaugeVec::new(
+                Opts::new(
+                    "prodgy_operator_token_usage_remaining",
+                    "Calls left in the current window of each ApiToken with spec.usageLimit (status.usageLimit.remaining).",
                 ),
                 &["namespace", "name"],
             )?,
@@ -124,6 +132,7 @@ impl Metrics {
         };
         m.registry.register(Box::new(m.tokens.clone()))?;
         m.registry.register(Box::new(m.expiry.clone()))?;
+        m.registry.register(Box::new(m.usage_remaining.clone()))?;
         m.registry.register(Box::new(m.reconciles.clone()))?;
         m.registry.register(Box::new(m.reconcile_errors.clone()))?;
         m.registry
@@ -212,6 +221,7 @@ impl Metrics {
             .clone();
         self.tokens.reset();
         self.expiry.reset();
+        self.usage_remaining.reset();
         for store in &stores {
             for token in store.state() {
                 let ns = token.metadata.namespace.as_deref().unwrap_or_default();
@@ -230,6 +240,10 @@ impl Metrics {
                     #[allow(clippy::cast_precision_loss)]
                     let secs = at.timestamp() as f64;
                     self.expiry.with_label_values(&[ns, name]).set(secs);
+                }
+                if let Some(cap) = token.status.as_ref().and_then(|s| s.usage_limit.as_ref()) {
+                    let gauge = self.usage_remaining.with_label_values(&[ns, name]);
+                    gauge.set(cap.remaining);
                 }
             }
         }

@@ -34,6 +34,7 @@ use crate::{Error, Result, usage};
 mod stages;
 
 use stages::lifecycle_notices as notices;
+use stages::usage_limit;
 
 /// The finalizer that removes the hashed Secret (another namespace, so an
 /// owner reference cannot).
@@ -380,18 +381,20 @@ pub fn plan(cfg: &PlanConfig, input: &Inputs<'_>) -> Result<Plan> {
     let phase = stages::phase(&f, record.as_ref());
     let readiness = stages::readiness(&f, phase, &sourced, record.is_some(), &delivery);
     let ledger = f.current.usage_ledger.clone().unwrap_or_default();
-    let folded = usage::fold(
+    let mut folded = usage::fold(
         &f.id.uid,
         &ledger,
         input.reports,
         f.now,
         cfg.usage_report_retention,
     );
+    let cap = usage_limit::capped(input.token, &ledger, &folded, input.reports, f.now);
+    folded.ledger.window = cap.as_ref().and_then(|c| c.retired);
     let events = stages::events(&f, &sourced, &issued, phase, record.as_ref(), &delivery);
     let switch_off = unused.mark(f.now);
     let notices = notices::Notices::new(&f, phase, unused);
     let mut events = notices.events(&f, events);
-    let desired = stages::desired_status(
+    let mut desired = stages::desired_status(
         &f,
         stages::Outcome {
             phase,
@@ -403,11 +406,14 @@ pub fn plan(cfg: &PlanConfig, input: &Inputs<'_>) -> Result<Plan> {
             folded: &folded,
         },
     );
+    desired.usage_limit = cap.as_ref().map(usage_limit::Capped::status);
     let desired = notices.status(&f, desired);
     let (desired, leak_event) = stages::leaked::mark(input.token, desired, f.id.generation);
     events.extend(leak_event);
     let wake = notices.wake(&f, stages::wake_at(&f, record.as_ref(), &delivery, &folded));
     let (status, requeue_at) = stages::status_write(&f, input.last_usage_write, desired, wake);
+    let requeue_at = usage_limit::wake(requeue_at, cap.as_ref());
+    let record = usage_limit::settle_record(record, f.observed, cap.as_ref(), status.is_some());
     let put_hashed = record.as_ref().filter(|d| f.observed != Some(*d)).cloned();
     let needs_fresh_read = delivery.put.is_some()
         || put_hashed.is_some()

@@ -57,6 +57,7 @@ pub fn fold(
             .cloned()
             .collect(),
         last_used_at: ledger.last_used_at,
+        window: ledger.window,
     };
     let mut usage_live: i64 = 0;
     let mut last_live: Option<DateTime<Utc>> = None;
@@ -183,6 +184,7 @@ pub(crate) mod tests {
                         name: format!("tok-{uid}"),
                         count: *c,
                         last_used_at: t(updated - 1),
+                        window: None,
                     },
                 )
             })

@@ -46,6 +46,7 @@ fn report(name: &str, tokens: &[(String, String)], ns: &str, count: i64) -> Usag
                             name: n.clone(),
                             count,
                             last_used_at: now,
+                            window: None,
                         },
                     )
                 })

@@ -35,6 +35,7 @@ fn report(name: &str, uid: &str, ns: &str, count: i64, at: DateTime<Utc>) -> Usa
                     name: "t".into(),
                     count,
                     last_used_at: at,
+                    window: None,
                 },
             )]),
         },

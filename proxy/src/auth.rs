@@ -50,6 +50,8 @@ pub enum Reason {
     InsufficientScope,
     /// The token is over its rate limit on this replica.
     RateLimited,
+    /// The token has used up its usage cap (for the window, or for good).
+    UsageLimitReached,
     /// Both `Content-Length` and `Transfer-Encoding` were sent.
     AmbiguousFraming,
     /// The path holds dot segments, which could route differently upstream.
@@ -64,7 +66,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in a stable order (metrics are pre-registered with it).
-    pub const ALL: [Reason; 19] = [
+    pub const ALL: [Reason; 20] = [
         Reason::MissingToken,
         Reason::UnsupportedScheme,
         Reason::DuplicateAuthorization,
@@ -79,6 +81,7 @@ impl Reason {
         Reason::WrongProduct,
         Reason::InsufficientScope,
         Reason::RateLimited,
+        Reason::UsageLimitReached,
         Reason::AmbiguousFraming,
         Reason::InvalidPath,
         Reason::HeadTooLarge,
@@ -108,7 +111,7 @@ impl Reason {
             | Reason::ExpiredToken
             | Reason::RevokedToken => 401,
             Reason::WrongProduct | Reason::InsufficientScope | Reason::SourceNotAllowed => 403,
-            Reason::RateLimited => 429,
+            Reason::RateLimited | Reason::UsageLimitReached => 429,
             Reason::HeadTooLarge | Reason::TooManyHeaders => 431,
         }
     }
@@ -130,6 +133,7 @@ impl Reason {
             Reason::WrongProduct => "wrong_product",
             Reason::InsufficientScope => "insufficient_scope",
             Reason::RateLimited => "rate_limited",
+            Reason::UsageLimitReached => "usage_limit_reached",
             Reason::AmbiguousFraming => "ambiguous_framing",
             Reason::InvalidPath => "invalid_path",
             Reason::HeadTooLarge => "request_head_too_large",
@@ -157,6 +161,9 @@ impl Reason {
             Reason::WrongProduct => "the token is for a product this endpoint does not serve",
             Reason::InsufficientScope => "the token lacks the scope this request needs",
             Reason::RateLimited => "the token's rate limit is exceeded; retry later",
+            Reason::UsageLimitReached => {
+                "the token has used up its usage limit; Retry-After says when it renews, if it does"
+            }
             Reason::AmbiguousFraming => "send either Content-Length or Transfer-Encoding, not both",
             Reason::InvalidPath => "the path must not contain dot segments",
             Reason::HeadTooLarge => "the request line and headers are too large",
@@ -202,6 +209,7 @@ impl Reason {
             Reason::WrongProduct
             | Reason::InsufficientScope
             | Reason::RateLimited
+            | Reason::UsageLimitReached
             | Reason::AmbiguousFraming
             | Reason::InvalidPath
             | Reason::HeadTooLarge

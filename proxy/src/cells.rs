@@ -10,10 +10,12 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use arc_swap::ArcSwap;
 use http::HeaderValue;
 use prodgy_crds::RouteGroup;
 
 use crate::index::{Product, Record};
+use crate::quota::Quota;
 
 /// Status classes counted: 1xx … 5xx.
 pub const STATUS_CLASSES: usize = 5;
@@ -49,6 +51,8 @@ pub struct TokenCell {
     /// the process clock.
     tat: AtomicU64,
     requests: RequestCounts,
+    /// Calls in the usage cap's window, shared by the token's products.
+    quota: Arc<Quota>,
 }
 
 impl TokenCell {
@@ -86,6 +90,11 @@ impl TokenCell {
     /// Request counts by route group and status class.
     pub fn requests(&self) -> &RequestCounts {
         &self.requests
+    }
+
+    /// The usage cap's counter (idle unless the token is capped).
+    pub fn quota(&self) -> &Arc<Quota> {
+        &self.quota
     }
 
     /// Counts one accepted (forwarded) request.
@@ -131,12 +140,16 @@ impl TokenCell {
 #[derive(Debug, Default)]
 pub struct Cells {
     inner: Mutex<CellsInner>,
+    /// The usage-report epoch counts are reported under (capped tokens
+    /// subtract what the record says this epoch already reported).
+    epoch: ArcSwap<String>,
 }
 
 #[derive(Debug, Default)]
 struct CellsInner {
     by_key: HashMap<(Box<str>, Box<str>), Arc<TokenCell>>,
     all: Vec<Arc<TokenCell>>,
+    quotas: HashMap<Box<str>, Arc<Quota>>,
 }
 
 impl Cells {
@@ -150,6 +163,7 @@ impl Cells {
         }
         // The record validated these as header values when it was built.
         let header = |s: &str| HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static(""));
+        let quota = inner.quotas.entry(r.uid().into()).or_default().clone();
         let cell = Arc::new(TokenCell {
             uid: r.uid().into(),
             namespace: r.namespace().into(),
@@ -161,10 +175,23 @@ impl Cells {
             last_used_ms: AtomicI64::new(0),
             tat: AtomicU64::new(0),
             requests: Default::default(),
+            quota,
         });
         inner.by_key.insert(key, cell.clone());
         inner.all.push(cell.clone());
         cell
+    }
+
+    /// The current usage-report epoch.
+    pub fn epoch(&self) -> arc_swap::Guard<Arc<String>> {
+        self.epoch.load()
+    }
+
+    /// Sets the usage-report epoch (at start and after a rotation).
+    pub fn set_epoch(&self, epoch: &str) {
+        if self.epoch.load().as_str() != epoch {
+            self.epoch.store(Arc::new(epoch.to_owned()));
+        }
     }
 
     /// A snapshot of every cell, in creation order.

@@ -34,6 +34,7 @@ use http::HeaderValue;
 use prodgy_crds::{HashedRecord, RecordState, Refusal, ScopeSet, SourceRange, TokenHash};
 
 use crate::cells::{Cells, TokenCell};
+use crate::quota::Limit;
 use crate::{Error, Result};
 
 /// Shard counts a full rebuild chooses from.
@@ -88,8 +89,9 @@ pub struct Record {
     ns_len: u16,
     label_len: u16,
     first: HashSlot,
-    /// Superseded digests in their grace period and source ranges (both
-    /// rare): one thin pointer.
+    /// Superseded digests in their grace period, source ranges and the
+    /// usage cap (all rare): one thin pointer, 8 bytes instead of a boxed
+    /// slice's 16, times a million records.
     rare: Option<Box<Rare>>,
     /// `(requests per second, burst)`; `rps == 0` means unlimited.
     rate: (u32, u32),
@@ -99,12 +101,14 @@ pub struct Record {
 }
 
 /// The parts of a record few records have, behind one pointer.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Rare {
     /// Superseded digests in their grace period.
     more: Vec<HashSlot>,
     /// Source ranges; empty for any source.
     sources: Vec<SourceRange>,
+    /// The usage cap.
+    limit: Option<Limit>,
 }
 
 impl Record {
@@ -139,6 +143,12 @@ impl Record {
             .map(|r| r.sources.as_slice())
             .filter(|s| !s.is_empty())
     }
+
+    /// The usage cap, when the token has one.
+    pub fn limit(&self) -> Option<&Limit> {
+        self.rare.as_ref().and_then(|r| r.limit.as_ref())
+    }
+
     /// `(requests per second, burst)` when rate-limited.
     pub fn rate(&self) -> Option<(u32, u32)> {
         (self.rate.0 > 0).then_some(self.rate)
@@ -534,6 +544,7 @@ impl IndexWriter {
         let first = slots.next().ok_or(Error::InvalidRecord("no hash"))?;
         let more: Vec<HashSlot> = slots.collect();
         let sources = r.source_ranges()?;
+        let limit = r.usage_limit.as_deref().map(Limit::new);
         let mut text = String::with_capacity(label_len + r.uid.len());
         text.push_str(&r.namespace);
         text.push('/');
@@ -545,8 +556,13 @@ impl IndexWriter {
             ns_len,
             label_len: label_len16,
             first,
-            rare: (!more.is_empty() || !sources.is_empty())
-                .then(|| Box::new(Rare { more, sources })),
+            rare: (!more.is_empty() || !sources.is_empty() || limit.is_some()).then(|| {
+                Box::new(Rare {
+                    more,
+                    sources,
+                    limit,
+                })
+            }),
             rate: r
                 .rate_limit
                 .as_ref()

@@ -19,6 +19,7 @@ pub mod index;
 pub mod metrics;
 pub mod ops;
 pub mod proxy;
+pub mod quota;
 pub mod server;
 pub mod source;
 pub mod state;

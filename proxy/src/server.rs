@@ -55,7 +55,10 @@ async fn kube_client() -> kube::Client {
 async fn flush(reporter: &mut Reporter, api: &Api<UsageReport>, state: &State) {
     let limit = reporter.write_limit();
     let cells = state.cells.snapshot();
-    match tokio::time::timeout(limit, reporter.flush(api, &cells)).await {
+    let result = tokio::time::timeout(limit, reporter.flush(api, &cells)).await;
+    // A rotation inside the flush changes what the usage caps subtract.
+    state.cells.set_epoch(reporter.epoch());
+    match result {
         Ok(Ok(n)) => {
             for _ in 0..n {
                 state.metrics.report_written(true);
@@ -200,7 +203,11 @@ pub fn run(config: Config) -> Result<()> {
         ProductFilter::new(config.products),
     )));
     let usage = match config.usage {
-        Some(u) => Some((u, new_epoch()?)),
+        Some(u) => {
+            let epoch = new_epoch()?;
+            state.cells.set_epoch(&epoch);
+            Some((u, epoch))
+        }
         None => None,
     };
 

@@ -16,9 +16,10 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use prodgy_crds::usage::{MAX_TOKENS_PER_REPORT, REPORT_LABEL, report_name};
-use prodgy_crds::{TokenUsage, UsageReport, UsageReportSpec};
+use prodgy_crds::{TokenUsage, UsageReport, UsageReportSpec, WindowCount};
 
 use crate::cells::TokenCell;
+use crate::quota::Quota;
 use crate::{Error, Result};
 
 /// Value of [`REPORT_LABEL`] on reports written by the proxy.
@@ -61,6 +62,12 @@ pub struct Reporter {
     /// Per token: the process-wide count the last acknowledged write of
     /// this epoch carried.
     acked: HashMap<Box<str>, u64>,
+    /// Per capped token: the `(window index, count)` the last acknowledged
+    /// write of this epoch carried, and the token's counter (so a new epoch
+    /// starts its window count where this one's report ended).
+    window_acked: HashMap<Box<str>, (u64, u64)>,
+    /// The usage-cap counter of every capped token built so far.
+    quotas: HashMap<Box<str>, Arc<Quota>>,
     /// The `updatedAt` every report of this epoch is known to have at
     /// least (the epoch's start before any write): the operator retires
     /// reports by this time, so the proxy judges staleness by it too.
@@ -78,6 +85,8 @@ impl Reporter {
             shards: HashMap::new(),
             base: HashMap::new(),
             acked: HashMap::new(),
+            window_acked: HashMap::new(),
+            quotas: HashMap::new(),
             confirmed: Utc::now(),
         }
     }
@@ -92,6 +101,11 @@ impl Reporter {
     pub fn rotate(&mut self, epoch: String) {
         for (uid, count) in self.acked.drain() {
             self.base.insert(uid, count);
+        }
+        for (uid, (index, count)) in self.window_acked.drain() {
+            if let Some(quota) = self.quotas.get(&uid) {
+                quota.rebase(index, count);
+            }
         }
         self.epoch = epoch;
         self.shards.clear();
@@ -168,6 +182,12 @@ impl Reporter {
     /// Records that `report` is on the API server.
     fn ack(&mut self, report: &UsageReport) {
         for (uid, usage) in &report.spec.tokens {
+            if let (Some(w), Some(quota)) = (usage.window, self.quotas.get(uid.as_str())) {
+                let count = u64::try_from(w.count).unwrap_or(0);
+                let index = quota.index_of(w.start.timestamp());
+                self.window_acked
+                    .insert(uid.as_str().into(), (index, count));
+            }
             let base = self.base.get(uid.as_str()).copied().unwrap_or(0);
             let count = u64::try_from(usage.count).unwrap_or(0);
             self.acked
@@ -204,6 +224,7 @@ impl Reporter {
                 .shards
                 .entry(uid.into())
                 .or_insert_with(|| u32::try_from(next / MAX_TOKENS_PER_REPORT).unwrap_or(u32::MAX));
+            let window = self.window_of(cell);
             per_shard.entry(shard).or_default().insert(
                 uid.to_owned(),
                 TokenUsage {
@@ -211,6 +232,7 @@ impl Reporter {
                     name: cell.name().to_owned(),
                     count: i64::try_from(count).unwrap_or(i64::MAX),
                     last_used_at: Utc.timestamp_millis_opt(last_ms).single().unwrap_or(now),
+                    window,
                 },
             );
         }
@@ -235,6 +257,19 @@ impl Reporter {
                 r
             })
             .collect()
+    }
+
+    /// A capped token's count in its window, for its report (and its
+    /// counter remembered for a rotation).
+    fn window_of(&mut self, cell: &TokenCell) -> Option<WindowCount> {
+        let (_, start, count) = cell.quota().window()?;
+        self.quotas
+            .entry(cell.uid().into())
+            .or_insert_with(|| cell.quota().clone());
+        Some(WindowCount {
+            start: DateTime::from_timestamp(start, 0)?,
+            count: i64::try_from(count).unwrap_or(i64::MAX),
+        })
     }
 
     /// Writes every report: a merge patch, or a create for a shard new to
@@ -435,6 +470,49 @@ mod tests {
             None,
             "may be retiring"
         );
+    }
+
+    #[test]
+    fn capped_tokens_report_their_window_and_a_new_epoch_starts_where_the_old_one_ended() {
+        use prodgy_crds::RecordLimit;
+
+        let (_, cs) = cells(2, &["a"]);
+        let anchor = Utc::now() - TimeDelta::seconds(90);
+        let anchor = DateTime::from_timestamp(anchor.timestamp(), 0).unwrap();
+        let limit = crate::quota::Limit::new(&RecordLimit {
+            requests: 100,
+            per_seconds: Some(60),
+            anchor,
+            window_start: anchor,
+            used: 0,
+            reported: BTreeMap::new(),
+        });
+        let call = |c: &TokenCell| {
+            let now = Utc::now();
+            let ns = now.timestamp_nanos_opt().unwrap();
+            assert!(crate::quota::admit(&limit, c.quota(), "one", ns).is_ok());
+            c.record_use(now.timestamp_millis());
+        };
+        for _ in 0..3 {
+            call(&cs[0]);
+        }
+        cs[1].record_use(1);
+        let mut rep = Reporter::new("p".into(), "one".into(), Duration::from_secs(60));
+        let first = rep.build(&cs, Utc::now());
+        let w = first[0].spec.tokens["uid-0"].window.unwrap();
+        assert_eq!((w.start, w.count), (anchor + TimeDelta::seconds(60), 3));
+        assert_eq!(
+            first[0].spec.tokens["uid-1"].window, None,
+            "uncapped: no window"
+        );
+        rep.ack(&first[0]);
+        // Two more calls not acknowledged, then a new epoch.
+        call(&cs[0]);
+        call(&cs[0]);
+        rep.rotate("two".into());
+        let next = rep.build(&cs, Utc::now());
+        let t0 = &next[0].spec.tokens["uid-0"];
+        assert_eq!((t0.count, t0.window.unwrap().count), (2, 2));
     }
 
     fn count(reports: &[UsageReport], uid: &str) -> i64 {

@@ -15,6 +15,7 @@ use crate::cells::{Cells, TokenCell};
 use crate::client_addr::Peer;
 use crate::config::HeadLimits;
 use crate::index::{Index, Record};
+use crate::quota;
 
 /// A refusal with what its response needs.
 #[derive(Debug)]
@@ -23,7 +24,7 @@ pub struct Refused {
     pub reason: Reason,
     /// For a scope refusal: the scope needed (`None`: unrestricted only).
     pub scope: Option<Option<Scope>>,
-    /// For a rate-limit refusal: seconds to wait.
+    /// For a rate-limit or renewing usage-cap refusal: seconds to wait.
     pub retry_after: Option<u64>,
     /// The token's cell, when the token is known.
     pub cell: Option<Arc<TokenCell>>,
@@ -64,9 +65,10 @@ pub struct Clock {
 }
 
 /// Decides about a request: bounds and framing, then the credential, the
-/// token's state and expiry, its source ranges, product, scope and rate, in
-/// that order. Source ranges come before product and scope: a client outside
-/// them learns nothing more about the token than that it is refused here.
+/// token's state and expiry, its source ranges, product, scope, rate and
+/// usage cap, in that order. Source ranges come before product and scope: a
+/// client outside them learns nothing more about the token than that it is
+/// refused here. The cap comes last: a call refused earlier does not use it up.
 pub fn verdict(
     head: Head<'_>,
     route: Route,
@@ -129,6 +131,14 @@ pub fn verdict(
         return Err(Refused {
             retry_after: Some(secs.max(1)),
             ..refuse(Reason::RateLimited)
+        });
+    }
+    if let Some(limit) = record.limit()
+        && let Err(retry_after) = quota::admit(limit, cell.quota(), &cells.epoch(), clock.unix_ns)
+    {
+        return Err(Refused {
+            retry_after,
+            ..refuse(Reason::UsageLimitReached)
         });
     }
     Ok((record, cell))

@@ -265,6 +265,8 @@ pub struct LocalCluster {
     /// URL of the operator's leak-report endpoint (shared secret
     /// [`LEAK_SECRET`]).
     pub leak_reports: String,
+    /// The API's listener, the proxies' upstream.
+    api: String,
     dir: TempDir,
 }
 
@@ -316,6 +318,7 @@ impl LocalCluster {
             operator_metrics: format!("http://127.0.0.1:{operator_port}"),
             api_ops: format!("http://127.0.0.1:{ops}"),
             leak_reports: format!("http://127.0.0.1:{leaks}/leak-reports"),
+            api: format!("127.0.0.1:{api}"),
             dir,
         };
         me.spawn(
@@ -343,27 +346,45 @@ impl LocalCluster {
             ],
             &[],
         )?;
-        me.spawn(
-            "prodgy-proxy",
-            &bin,
-            &[
-                format!("--listen=127.0.0.1:{proxy}"),
-                format!("--upstream=127.0.0.1:{api}"),
-                format!("--metrics-addr=127.0.0.1:{proxy_metrics}"),
-                "--source=kubernetes".into(),
-                format!("--hashed-secret-namespace={TOKENS_NAMESPACE}"),
-                "--usage-reports".into(),
-                "--usage-flush-interval=1s".into(),
-                "--replica=proxy-0".into(),
-                "--log-format=text".into(),
-            ],
-            &kube_env,
-        )?;
+        let args = me.proxy_args(proxy, proxy_metrics, "proxy-0");
+        me.spawn("prodgy-proxy", &bin, &args, &kube_env)?;
         for port in [operator_port, ops, proxy_metrics] {
             me.wait_ready(&format!("http://127.0.0.1:{port}/readyz"))
                 .await?;
         }
         Ok(me)
+    }
+
+    fn proxy_args(&self, port: u16, metrics: u16, replica: &str) -> Vec<String> {
+        vec![
+            format!("--listen=127.0.0.1:{port}"),
+            format!("--upstream={}", self.api),
+            format!("--metrics-addr=127.0.0.1:{metrics}"),
+            "--source=kubernetes".into(),
+            format!("--hashed-secret-namespace={TOKENS_NAMESPACE}"),
+            "--usage-reports".into(),
+            "--usage-flush-interval=1s".into(),
+            format!("--replica={replica}"),
+            "--log-format=text".into(),
+        ]
+    }
+
+    /// Starts one more proxy replica, as a second pod of the Deployment
+    /// would be; returns its base URL once it is ready.
+    pub async fn add_proxy(&mut self, replica: &str) -> Result<String> {
+        let [port, metrics] = [free_port()?, free_port()?];
+        let kube_env = [
+            (
+                "KUBECONFIG",
+                self.dir.path().join("kubeconfig").display().to_string(),
+            ),
+            ("POD_NAMESPACE", RELEASE_NAMESPACE.to_owned()),
+        ];
+        let args = self.proxy_args(port, metrics, replica);
+        self.spawn("prodgy-proxy", &binaries()?, &args, &kube_env)?;
+        self.wait_ready(&format!("http://127.0.0.1:{metrics}/readyz"))
+            .await?;
+        Ok(format!("http://127.0.0.1:{port}"))
     }
 
     /// The cluster the scenarios run in.
@@ -385,7 +406,10 @@ impl LocalCluster {
         args: &[String],
         env: &[(&str, String)],
     ) -> Result<()> {
-        let log = self.dir.path().join(format!("{name}.log"));
+        let log = self
+            .dir
+            .path()
+            .join(format!("{name}-{}.log", self.procs.len()));
         let out = std::fs::File::create(&log)?;
         let child = Command::new(bin.join(name))
             .args(args)

@@ -74,7 +74,9 @@ async fn exercise(local: &LocalCluster, s: &Scenario) -> Result<()> {
     local.server.deny_in(&s.namespace, "create", "secrets");
     let expires = chrono::Utc::now() + chrono::TimeDelta::days(3);
     let at = expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    s.apply_token("watched", json!({"expiresAt": at})).await?;
+    let cap = json!({"requests": 1_000_000, "per": "30d"});
+    s.apply_token("watched", json!({"expiresAt": at, "usageLimit": cap}))
+        .await?;
     seen(
         &local.operator_metrics,
         "prodgy_operator_reconcile_errors_total{",

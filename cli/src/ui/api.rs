@@ -155,6 +155,7 @@ impl CreateForm {
             burst: self.burst,
             reveal_once: self.reveal_once,
             allow_sources,
+            usage_limit: None,
         };
         Ok((self.namespace, args))
     }

@@ -20,6 +20,7 @@ use crate::{Result, usage::Folded};
 
 pub(super) mod leaked;
 pub(super) mod lifecycle_notices;
+pub(super) mod usage_limit;
 
 /// Longest accepted grace period: beyond it a spec is surely a typo.
 const MAX_GRACE: TimeDelta = TimeDelta::days(3650);
@@ -256,6 +257,7 @@ pub(super) fn desired_record(
         rate_limit: f.spec.rate_limit,
         allowed_source_ranges: f.spec.allowed_source_ranges.clone(),
         hashes,
+        usage_limit: None, // the usage-limit stage fills it in
     })
 }
 
@@ -459,6 +461,7 @@ pub(super) fn desired_status(f: &Frame<'_>, o: Outcome<'_>) -> ApiTokenStatus {
         delivery_secret_name: o.delivery.holds_current.then(|| f.delivery_name.clone()),
         usage_ledger: (o.folded.ledger != Default::default()).then(|| o.folded.ledger.clone()),
         unused: current.unused.clone(),
+        usage_limit: None, // the usage-limit stage fills it in
         observed_generation: Some(f.id.generation),
         conditions,
     }
@@ -502,6 +505,7 @@ pub(super) fn status_write(
     let same_but_usage = ApiTokenStatus {
         usage: current.usage,
         last_used_at: current.last_used_at,
+        usage_limit: current.usage_limit.clone(),
         ..desired.clone()
     };
     let usage_only = same_but_usage == *current;

@@ -2,7 +2,7 @@
 //! table of requests and what each must get.
 
 use chrono::{TimeZone, Utc};
-use prodgy_crds::{HashEntry, HashedRecord, RateLimit, RecordState, Token, scope};
+use prodgy_crds::{HashEntry, HashedRecord, RateLimit, RecordLimit, RecordState, Token, scope};
 
 use super::*;
 use crate::index::{IndexWriter, ProductFilter};
@@ -529,4 +529,152 @@ fn source_ranges_come_after_state_and_before_product_and_scope() {
         )
         .unwrap_err();
     assert!(refused.cell.is_some() && refused.scope.is_none());
+}
+
+/// One capped token whose record can be replaced, as the operator does
+/// when the summed usage moves.
+struct Capped {
+    writer: IndexWriter,
+    cells: Cells,
+    token: Token,
+}
+
+/// A cap of `requests` (per `per` seconds, or lifetime), anchored 10 s
+/// before `NOW`, whose record has summed `used` for the window starting at
+/// `window_start` (seconds from the anchor), `mine` of them from epoch `e1`.
+fn cap(requests: u64, per: Option<u64>, window_start: i64, used: u64, mine: u64) -> RecordLimit {
+    RecordLimit {
+        requests,
+        per_seconds: per,
+        anchor: at(-10),
+        window_start: at(-10 + window_start),
+        used,
+        reported: std::collections::BTreeMap::from([("e1".to_owned(), mine)]),
+    }
+}
+
+impl Capped {
+    fn new(limit: RecordLimit) -> Self {
+        let writer = IndexWriter::new(
+            Arc::new(Index::default()),
+            ProductFilter::new(["acme".to_owned()]),
+        );
+        let mut c = Self {
+            writer,
+            cells: Cells::default(),
+            token: Token::generate("prod").unwrap(),
+        };
+        c.cells.set_epoch("e1");
+        c.set(limit);
+        c
+    }
+
+    fn set(&mut self, limit: RecordLimit) {
+        let mut r = HashedRecord::active("team-a", "capped", "capped", "acme", &self.token.hash());
+        r.usage_limit = Some(Box::new(limit));
+        let compact = self.writer.compact(&r).unwrap();
+        self.writer.upsert(&compact);
+    }
+
+    /// One call `secs` after `NOW`: accepted, or the reason and Retry-After.
+    fn call(&self, secs: i64) -> Result<(), (Reason, Option<u64>)> {
+        let mut req = RequestHeader::build("GET", b"/api/agent-base", None).unwrap();
+        let bearer = format!("Bearer {}", self.token.expose());
+        req.append_header(header::AUTHORIZATION, bearer).unwrap();
+        let head = Head {
+            req: &req,
+            len: 100,
+            conflicting_framing: false,
+            peer: Peer::direct(None),
+        };
+        let clock = Clock {
+            unix_ns: NOW + secs * 1_000_000_000,
+            mono_ns: 1_000_000_000,
+        };
+        let route = scope::route("GET", "/api/agent-base");
+        verdict(head, route, LIMITS, self.writer.index(), &self.cells, clock)
+            .map(drop)
+            .map_err(|r| (r.reason, r.retry_after))
+    }
+
+    fn accepted(&self, secs: i64, tries: usize) -> usize {
+        (0..tries).filter(|_| self.call(secs).is_ok()).count()
+    }
+}
+
+/// A cap, calls tried, how many are accepted, then the refusal and its
+/// `Retry-After`.
+type CapCase = (RecordLimit, usize, usize, Option<(Reason, Option<u64>)>);
+
+#[test]
+fn usage_caps_in_one_table() {
+    use Reason::UsageLimitReached as Full;
+    // (cap, calls tried at NOW, accepted, then the refusal)
+    let hour = Some(3_600);
+    let cases: Vec<CapCase> = vec![
+        // Lifetime cap: refused without Retry-After, never renews.
+        (cap(2, None, 0, 0, 0), 3, 2, Some((Full, None))),
+        (cap(2, None, 0, 2, 0), 1, 0, Some((Full, None))),
+        // Other replicas' summed calls count.
+        (cap(5, hour, 0, 3, 0), 5, 2, Some((Full, Some(3_590)))),
+        // Already over: refused with the time to renewal.
+        (cap(5, hour, 0, 9, 0), 1, 0, Some((Full, Some(3_590)))),
+        // A record summed for another window (the operator's clock ahead)
+        // says nothing about this one.
+        (cap(5, hour, 3_600, 5, 0), 5, 5, Some((Full, Some(3_590)))),
+        // A one-minute window anchored 10 s ago ends in 50 s.
+        (cap(1, Some(60), 0, 0, 0), 2, 1, Some((Full, Some(50)))),
+        (cap(1_000, hour, 0, 0, 0), 100, 100, None),
+    ];
+    for (limit, tries, want, refusal) in cases {
+        let label = format!("{limit:?}");
+        let c = Capped::new(limit);
+        assert_eq!(c.accepted(0, tries), want, "{label}");
+        if let Some(r) = refusal {
+            assert_eq!(c.call(0), Err(r), "{label}");
+        }
+    }
+}
+
+#[test]
+fn calls_this_replica_reported_are_not_counted_twice() {
+    // Three calls, reported and summed by the operator: used 3, all of epoch e1.
+    let mut c = Capped::new(cap(5, None, 0, 0, 0));
+    assert_eq!(c.accepted(0, 3), 3);
+    c.set(cap(5, None, 0, 3, 3));
+    assert_eq!(c.accepted(0, 5), 2, "3 summed + 2 = the cap, not 3 + 3 + …");
+    // Another replica's summed calls (used 5, 3 of them mine): nothing left.
+    let mut c = Capped::new(cap(5, None, 0, 0, 0));
+    c.accepted(0, 3);
+    c.set(cap(5, None, 0, 5, 3));
+    assert_eq!(c.accepted(0, 5), 0);
+    // A record of another epoch's part only: all three of mine are unreported.
+    let mut c = Capped::new(cap(5, None, 0, 0, 0));
+    c.accepted(0, 3);
+    c.cells.set_epoch("e2");
+    c.set(cap(5, None, 0, 1, 1));
+    assert_eq!(c.accepted(0, 5), 1, "1 summed + 3 unreported + 1 = 5");
+}
+
+#[test]
+fn a_capped_quota_renews_when_its_window_ends() {
+    let c = Capped::new(cap(2, Some(60), 0, 0, 0));
+    assert_eq!(c.accepted(0, 3), 2);
+    assert_eq!(c.call(49), Err((Reason::UsageLimitReached, Some(1))));
+    assert_eq!(c.accepted(50, 3), 2, "a new window at the anchor + 60 s");
+    assert_eq!(c.call(109), Err((Reason::UsageLimitReached, Some(1))));
+}
+
+#[test]
+fn a_refusal_before_the_cap_does_not_use_it_up() {
+    let mut c = Capped::new(cap(1, None, 0, 0, 0));
+    let mut r = HashedRecord::active("team-a", "capped", "capped", "acme", &c.token.hash());
+    r.usage_limit = Some(Box::new(cap(1, None, 0, 0, 0)));
+    r.state = RecordState::Inactive;
+    let compact = c.writer.compact(&r).unwrap();
+    c.writer.upsert(&compact);
+    assert_eq!(c.call(0), Err((Reason::InactiveToken, None)));
+    c.set(cap(1, None, 0, 0, 0));
+    assert_eq!(c.call(0), Ok(()));
+    assert_eq!(c.call(0), Err((Reason::UsageLimitReached, None)));
 }

@@ -86,6 +86,7 @@ impl Case {
             rate_limit: None,
             allowed_source_ranges: Vec::new(),
             hashes,
+            usage_limit: None,
         }
     }
 
