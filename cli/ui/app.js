@@ -88,8 +88,19 @@ const ACTION_LABELS = {
   delete: 'Delete',
 };
 
+// "1000 per 30d: 997 left, renews …" (remaining once the operator has counted).
+function limitText(limit) {
+  if (!limit) return '';
+  const cap = limit.per ? `${limit.requests} per ${limit.per}` : `${limit.requests} for its life`;
+  if (limit.remaining == null) return cap;
+  const renews = limit.renewsAt ? `, renews ${when(limit.renewsAt, '')}` : '';
+  return `${cap}: ${limit.remaining} left${renews}`;
+}
+
 function hintsFor(card, status, now) {
-  const hints = [];
+  // The operator's own notices first (switched off for being unused, about
+  // to be, about to expire), then the guide's best practices.
+  const hints = (card.notices ?? []).map((n) => `${n[0].toUpperCase()}${n.slice(1)}.`);
   if (status === 'Revoked') return hints;
   if (!card.expiresAt) {
     hints.push('No expiration: set one when you can, and revoke the token when nothing uses it.');
@@ -153,6 +164,10 @@ function fill(li, card, now) {
   field('expiresAt').textContent = when(card.expiresAt, 'Never');
   field('usage').textContent = String(card.usage);
   field('lastUsedAt').textContent = when(card.lastUsedAt, 'Never');
+  field('limit').textContent = limitText(card.usageLimit);
+  field('limitRow').hidden = !card.usageLimit;
+  field('sources').textContent = (card.allowedSources ?? []).join(', ');
+  field('sourcesRow').hidden = !(card.allowedSources ?? []).length;
   field('description').textContent = card.description ?? '';
   field('description').hidden = !card.description;
   const hints = field('hints');
@@ -378,6 +393,8 @@ function setUpCreate() {
       rateLimit: number(f.rateLimit),
       burst: number(f.burst),
       revealOnce: f.revealOnce.checked,
+      usageLimit: f.usageLimit.value.trim() || null,
+      allowSources: f.allowSources.value.split(',').map((s) => s.trim()).filter(Boolean),
     };
     submitting(form, async () => {
       const answer = await call('POST', '/api/tokens', body);

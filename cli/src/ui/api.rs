@@ -115,6 +115,9 @@ pub struct CreateForm {
     reveal_once: bool,
     #[serde(default)]
     allow_sources: Vec<String>,
+    /// `N` or `N/PER`, as `--usage-limit` takes it.
+    #[serde(default)]
+    usage_limit: Option<String>,
 }
 
 impl CreateForm {
@@ -145,6 +148,10 @@ impl CreateForm {
             .map(|s| parse_source_range(s))
             .collect::<Result<Vec<_>, _>>()
             .map_err(invalid("allowed source"))?;
+        let usage_limit = non_empty(self.usage_limit)
+            .map(|l| crate::usage_limit::parse(&l))
+            .transpose()
+            .map_err(invalid("usage limit"))?;
         let args = CreateArgs {
             name: self.name,
             product: self.product,
@@ -155,7 +162,7 @@ impl CreateForm {
             burst: self.burst,
             reveal_once: self.reveal_once,
             allow_sources,
-            usage_limit: None,
+            usage_limit,
         };
         Ok((self.namespace, args))
     }

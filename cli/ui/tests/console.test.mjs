@@ -99,16 +99,16 @@ async function badgeIs(name, status) {
   await eventually(`${name} showing ${status}`, async () => (await card(name).locator('.badge').textContent()) === status);
 }
 
-async function createToken({ name, product = 'acme', expires, description }) {
+async function createToken({ name, product = 'acme', expires, description, usageLimit, sources }) {
   await page.getByRole('button', { name: 'Create Token' }).click();
   const dialog = page.locator('#create-dialog');
   await dialog.getByLabel('Token name').fill(name);
   await dialog.getByLabel('Product').fill(product);
   if (expires) await dialog.getByLabel('Expiration').fill(expires);
-  if (description) {
-    await dialog.getByText('Advanced').click();
-    await dialog.getByLabel('Description').fill(description);
-  }
+  if (description || usageLimit || sources) await dialog.getByText('Advanced').click();
+  if (description) await dialog.getByLabel('Description').fill(description);
+  if (usageLimit) await dialog.getByLabel('Usage limit').fill(usageLimit);
+  if (sources) await dialog.getByLabel('Allowed sources').fill(sources);
   await dialog.getByRole('button', { name: 'Create', exact: true }).click();
   await page.locator('#token-dialog[open]').waitFor();
   return page.locator('#token-value').textContent();
@@ -171,8 +171,15 @@ test('Regenerate shows the new token once and the old one stops working', async 
   const fresh = await page.locator('#token-value').textContent();
   assert.notEqual(fresh, token);
   assert.ok(await page.getByText('The previous token no longer works.').isVisible());
-  await closeTokenDialog();
-  assert.equal(await storedAnywhere(fresh), false, 'the token stayed on the page after Done');
+  // Done forgets the token at once, not in the `close` event's later task:
+  // the check runs in the same task as the click.
+  const kept = await page.evaluate((t) => {
+    document.querySelector('#token-dialog [data-close]').click();
+    return document.documentElement.outerHTML.includes(t);
+  }, fresh);
+  assert.equal(kept, false, 'the token stayed on the page after Done');
+  await page.locator('#token-dialog[open]').waitFor({ state: 'detached' });
+  assert.equal(await storedAnywhere(fresh), false);
   await proxyAnswers(fresh, 200);
   await proxyAnswers(token, 401);
   token = fresh;
@@ -191,6 +198,17 @@ test('Revoke needs the name typed, and is final', async () => {
   await proxyAnswers(token, 401);
   const actions = await card('ci-bot').locator('.actions button').allTextContents();
   assert.deepEqual(actions, ['Delete']);
+});
+
+test('a usage cap and source ranges set under Advanced show on the card', async () => {
+  const capped = await createToken({ name: 'capped', usageLimit: '3/30d', sources: '127.0.0.0/8, ::1/128' });
+  await closeTokenDialog();
+  await proxyAnswers(capped, 200);
+  const limit = card('capped').locator('[data-field="limit"]');
+  await eventually('the remaining calls', async () => /^3 per 30d: 2 left, renews /.test(await limit.textContent()));
+  assert.equal(await card('capped').locator('[data-field="sources"]').textContent(), '127.0.0.0/8, ::1/128');
+  assert.equal(await card('ci-bot').locator('[data-field="limitRow"]').isVisible(), false);
+  assert.equal(await card('ci-bot').locator('[data-field="sourcesRow"]').isVisible(), false);
 });
 
 test('a token turns Expired at its expiration without a reload', async () => {
