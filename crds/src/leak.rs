@@ -110,6 +110,14 @@ mod tests {
     use super::*;
     use crate::token::{FormatError, Token, check_format};
 
+    #[test]
+    fn the_docs_publish_this_pattern() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/leak-reports.md");
+        let docs = std::fs::read_to_string(path).unwrap();
+        assert!(docs.contains(TOKEN_PATTERN), "{path}");
+        assert!(docs.contains(&pattern_for_prefix("prod").unwrap()), "{path}");
+    }
+
     fn whole(pattern: &str) -> Regex {
         Regex::new(&format!("^(?:{pattern})$")).unwrap()
     }
