@@ -115,7 +115,10 @@ mod tests {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/leak-reports.md");
         let docs = std::fs::read_to_string(path).unwrap();
         assert!(docs.contains(TOKEN_PATTERN), "{path}");
-        assert!(docs.contains(&pattern_for_prefix("prod").unwrap()), "{path}");
+        assert!(
+            docs.contains(&pattern_for_prefix("prod").unwrap()),
+            "{path}"
+        );
     }
 
     fn whole(pattern: &str) -> Regex {
