@@ -964,6 +964,23 @@ async fn metrics_count_by_token_reason_and_latency_without_leaking_tokens() {
     }
     call(&f, "GET", "/api/agent-base", &[]).await;
 
+    // A request is counted once its answer is written: the last one's counts
+    // may land just after the client has read it. Wait until all 8 are in
+    // (and none in flight), then read everything from one scrape.
+    let counted = |text: &str| {
+        let n = |outcome: &str| {
+            let series =
+                format!("prodgy_proxy_request_duration_seconds_count{{outcome=\"{outcome}\"}}");
+            metric(text, &series).unwrap_or(0.0)
+        };
+        let idle = metric(text, "prodgy_proxy_in_flight_requests") == Some(0.0);
+        idle && n("forwarded") + n("rejected") >= 8.0
+    };
+    eventually(Duration::from_secs(5), || async {
+        counted(&f.proxy.metrics_text())
+    })
+    .await
+    .expect("8 requests counted");
     let text = f.proxy.metrics_text();
     let m = |s: &str| metric(&text, s);
     assert_eq!(
