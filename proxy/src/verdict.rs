@@ -77,6 +77,23 @@ pub fn verdict(
     cells: &Cells,
     clock: Clock,
 ) -> Result<(Arc<Record>, Arc<TokenCell>), Refused> {
+    let token = credential(head, limits)?;
+    let found = index
+        .lookup(&TokenHash::of(token))
+        .ok_or(Reason::UnknownToken)?;
+    let record = found.record;
+    let cell = record.cell(cells);
+    match policies(&record, found.slot, &cell, head, route, cells, clock) {
+        Ok(()) => Ok((record, cell)),
+        Err(refused) => Err(Refused {
+            cell: Some(cell),
+            ..refused
+        }),
+    }
+}
+
+/// The bearer token of a well-formed, bounded request head.
+fn credential(head: Head<'_>, limits: HeadLimits) -> Result<&str, Refused> {
     let req = head.req;
     if let Some(r) = limits.exceeded(head.len, req.headers.len()) {
         return Err(r.into());
@@ -87,31 +104,31 @@ pub fn verdict(
     if auth::has_dot_segment(req.raw_path()) {
         return Err(Reason::InvalidPath.into());
     }
-    let token = auth::bearer_token(
+    Ok(auth::bearer_token(
         req.headers
             .get_all(header::AUTHORIZATION)
             .iter()
             .map(HeaderValue::as_bytes),
-    )?;
-    let found = index
-        .lookup(&TokenHash::of(token))
-        .ok_or(Reason::UnknownToken)?;
-    let record = found.record;
-    let cell = record.cell(cells);
-    let refuse = |reason: Reason| Refused {
-        reason,
-        scope: None,
-        retry_after: None,
-        cell: Some(cell.clone()),
-    };
-    if let Err(r) = record.check(found.slot, clock.unix_ns) {
-        return Err(refuse(r.into()));
-    }
-    if !allowed_from(&record, head) {
-        return Err(refuse(Reason::SourceNotAllowed));
+    )?)
+}
+
+/// A known token's policies, in the order [`verdict`] gives. An accepted
+/// call draws from the token's rate bucket and usage cap.
+fn policies(
+    record: &Record,
+    slot: u32,
+    cell: &TokenCell,
+    head: Head<'_>,
+    route: Route,
+    cells: &Cells,
+    clock: Clock,
+) -> Result<(), Refused> {
+    record.check(slot, clock.unix_ns).map_err(Reason::from)?;
+    if !allowed_from(record, head) {
+        return Err(Reason::SourceNotAllowed.into());
     }
     if !record.product().served() {
-        return Err(refuse(Reason::WrongProduct));
+        return Err(Reason::WrongProduct.into());
     }
     let scopes = record.scopes();
     let allowed = match route.scope {
@@ -121,7 +138,7 @@ pub fn verdict(
     if !allowed {
         return Err(Refused {
             scope: Some(route.scope),
-            ..refuse(Reason::InsufficientScope)
+            ..Reason::InsufficientScope.into()
         });
     }
     if let Some((rps, burst)) = record.rate()
@@ -130,7 +147,7 @@ pub fn verdict(
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         return Err(Refused {
             retry_after: Some(secs.max(1)),
-            ..refuse(Reason::RateLimited)
+            ..Reason::RateLimited.into()
         });
     }
     if let Some(limit) = record.limit()
@@ -138,10 +155,10 @@ pub fn verdict(
     {
         return Err(Refused {
             retry_after,
-            ..refuse(Reason::UsageLimitReached)
+            ..Reason::UsageLimitReached.into()
         });
     }
-    Ok((record, cell))
+    Ok(())
 }
 
 /// Whether the token may be used from the request's client address. Only a
