@@ -71,6 +71,16 @@ async fn refused_from(local: &LocalCluster, from: &str, token: &str) -> Result<(
     Ok(())
 }
 
+/// The prefix of the token `name` holds now: it changes only on a reissue.
+async fn issued_prefix(s: &Scenario, name: &str) -> Result<Option<String>> {
+    Ok(s.tokens()
+        .get(name)
+        .await?
+        .status
+        .unwrap_or_default()
+        .prefix)
+}
+
 async fn scenario(local: &LocalCluster, s: &Scenario) -> Result<()> {
     let spec = json!({"allowedSourceRanges": ["127.0.0.2/32", "2001:db8::/32"]});
     s.apply_token("ranged", spec).await?;
@@ -80,24 +90,12 @@ async fn scenario(local: &LocalCluster, s: &Scenario) -> Result<()> {
     refused_from(local, "127.0.0.1", &token).await?;
 
     // New ranges reach the proxy; the token stays the same.
-    let prefix = s
-        .tokens()
-        .get("ranged")
-        .await?
-        .status
-        .unwrap_or_default()
-        .prefix;
+    let prefix = issued_prefix(s, "ranged").await?;
     s.patch_spec("ranged", json!({"allowedSourceRanges": ["127.0.0.1/32"]}))
         .await?;
     answers(local, "127.0.0.1", &token, 200).await?;
     refused_from(local, "127.0.0.2", &token).await?;
-    let now = s
-        .tokens()
-        .get("ranged")
-        .await?
-        .status
-        .unwrap_or_default()
-        .prefix;
+    let now = issued_prefix(s, "ranged").await?;
     ensure!(
         now == prefix,
         "the token was reissued: {prefix:?} -> {now:?}"
