@@ -55,6 +55,9 @@ wait_http() { # url status
 }
 rss_mb() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 hwm_mb() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
+# CPU seconds (user + system) a process has used: on a busy machine, what its
+# start-up would take on an idle one.
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"; }
 
 conf() { sed "s#@WORK@#$WORK#g" "$ROOT/bench/nginx/$1" > "$WORK/$1"; }
 conf upstream.conf; conf auth.conf
@@ -81,9 +84,9 @@ proxy 18210 18211 "$WORK/tokens/records.json"; BIG=$!; PIDS+=($BIG)
 wait_http http://127.0.0.1:18211/readyz 200
 LOAD_S=$(awk -v a="$(date +%s.%N)" -v b="$start" 'BEGIN {printf "%.2f", a - b}')
 LOAD_LOG=$(grep -o '"elapsed_ms":[0-9]*' "$WORK/proxy-18210.log" | head -1 | cut -d: -f2)
-RSS_LOADED=$(rss_mb "$BIG"); HWM_LOADED=$(hwm_mb "$BIG")
+RSS_LOADED=$(rss_mb "$BIG"); HWM_LOADED=$(hwm_mb "$BIG"); CPU_LOADED=$(cpu_s "$BIG")
 LOADED=$(curl -s http://127.0.0.1:18211/metrics | awk '/^prodgy_proxy_tokens_loaded / {print $2}')
-echo "   $TOKENS-token proxy ready in ${LOAD_S}s (file load ${LOAD_LOG} ms), $LOADED tokens, RSS ${RSS_LOADED} MB (peak ${HWM_LOADED} MB)"
+echo "   $TOKENS-token proxy ready in ${LOAD_S}s (${CPU_LOADED} CPU-s; file load ${LOAD_LOG} ms), $LOADED tokens, RSS ${RSS_LOADED} MB (peak ${HWM_LOADED} MB)"
 wait_http http://127.0.0.1:18201/readyz 200
 wait_http http://127.0.0.1:18081/ 200
 wait_http http://127.0.0.1:18100/ 200
@@ -190,7 +193,7 @@ STAMP=$(date -u +%Y-%m-%dT%H:%MZ)
   echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   table < "$RAW"
   echo
-  echo "$TOKENS tokens: ready ${LOAD_S} s after start (file parsed and indexed in ${LOAD_LOG} ms);"
+  echo "$TOKENS tokens: ready ${LOAD_S} s after start, ${CPU_LOADED} s of CPU time (file parsed and indexed in ${LOAD_LOG} ms);"
   echo "RSS ${RSS_LOADED} MB once loaded (peak during load ${HWM_LOADED} MB), ${RSS_AFTER} MB after the runs."
   echo
   echo "Raw rounds (round, target, RPS, p50 ms, p99 ms, non-2xx):"

@@ -157,20 +157,21 @@ impl Cells {
     /// per record version, never on the steady-state hot path.
     pub fn resolve(&self, r: &Record) -> Arc<TokenCell> {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let key: (Box<str>, Box<str>) = (r.uid().into(), r.product().name().into());
+        let uid: Box<str> = r.uid().into();
+        let key = (uid.clone(), r.product().name().into());
         if let Some(c) = inner.by_key.get(&key) {
             return c.clone();
         }
         // The record validated these as header values when it was built.
         let header = |s: &str| HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static(""));
-        let quota = inner.quotas.entry(r.uid().into()).or_default().clone();
+        let quota = inner.quotas.entry(uid.clone()).or_default().clone();
         let cell = Arc::new(TokenCell {
-            uid: r.uid().into(),
+            uid_header: header(&uid),
+            uid,
             namespace: r.namespace().into(),
             name: r.name().into(),
             product: r.product().clone(),
             token_header: header(r.label()),
-            uid_header: header(r.uid()),
             count: AtomicU64::new(0),
             last_used_ms: AtomicI64::new(0),
             tat: AtomicU64::new(0),

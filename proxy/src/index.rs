@@ -2,13 +2,14 @@
 //! without a contended lock.
 //!
 //! Layout, chosen for 1,000,000 tokens in under 200 MB:
-//! * one [`Record`] per ApiToken (identity strings in one allocation, the
-//!   current digest inline, product interned, scopes a bit set, expiry and
-//!   the digest's own end folded into one `i64`), shared by every digest
-//!   that points at it;
-//! * 64 to 127 shards, picked by the first digest bytes, each a
-//!   `hashbrown::HashTable` of 16-byte slots (record pointer + digest
-//!   number). The digest is uniformly random, so its bytes are the hash: no
+//! * one [`Record`] per ApiToken (namespace and name in one allocation, a
+//!   UUID as 16 bytes, the current digest inline, product interned, scopes a
+//!   bit set, expiry and the digest's own end folded into one `i64`), shared
+//!   by every digest that points at it;
+//! * 64 to 127 shards, picked by the first digest bytes, each two
+//!   `hashbrown::HashTable`s: current digests as 8-byte record pointers,
+//!   superseded ones (rare) as 16-byte slots that add the digest's number.
+//!   The digest is uniformly random, so its bytes are the hash: no
 //!   hashing work, and no attacker-chosen keys (a SHA-256 preimage would be
 //!   needed). A hash table's bucket count is a power of two at most 7/8 full,
 //!   so a fixed shard count can leave half the buckets empty (a million
@@ -22,6 +23,7 @@
 //! reload) builds fresh shards beside the old ones and swaps them: the old
 //! state keeps enforcing until then.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -35,6 +37,7 @@ use prodgy_crds::{HashedRecord, RecordState, Refusal, ScopeSet, SourceRange, Tok
 
 use crate::cells::{Cells, TokenCell};
 use crate::quota::Limit;
+use crate::uid::{self, UidKey};
 use crate::{Error, Result};
 
 /// Shard counts a full rebuild chooses from.
@@ -84,10 +87,13 @@ pub struct Record {
     /// Set on first use; an `ArcSwapOption` is one pointer wide, half an
     /// `OnceLock`'s size, which counts at a million records.
     cell: ArcSwapOption<TokenCell>,
-    /// `<namespace>/<name><uid>` in one allocation.
+    /// `<namespace>/<name>`, followed by the UID when it is not a UUID.
     text: Box<str>,
     ns_len: u16,
     label_len: u16,
+    /// The UID's 16 bytes when it is a UUID (as the API server makes them);
+    /// 16 bytes instead of 36 characters, a million times.
+    uuid: [u8; 16],
     first: HashSlot,
     /// Superseded digests in their grace period, source ranges and the
     /// usage cap (all rare): one thin pointer, 8 bytes instead of a boxed
@@ -124,9 +130,19 @@ impl Record {
     pub fn label(&self) -> &str {
         &self.text[..usize::from(self.label_len)]
     }
-    /// ApiToken UID.
-    pub fn uid(&self) -> &str {
-        &self.text[usize::from(self.label_len)..]
+    /// ApiToken UID, exactly as the source gave it.
+    pub fn uid(&self) -> Cow<'_, str> {
+        match self.uid_key() {
+            UidKey::Text(t) => Cow::Borrowed(t),
+            UidKey::Uuid(b) => Cow::Owned(uid::format(&b)),
+        }
+    }
+    /// The UID as the writer's table compares it.
+    fn uid_key(&self) -> UidKey<'_> {
+        match &self.text[usize::from(self.label_len)..] {
+            "" => UidKey::Uuid(self.uuid),
+            text => UidKey::Text(text),
+        }
     }
     /// The product.
     pub fn product(&self) -> &Arc<Product> {
@@ -196,13 +212,86 @@ pub struct Found {
     pub slot: u32,
 }
 
+/// A superseded digest: its record and which of the record's digests it is.
 #[derive(Clone)]
 struct Slot {
     record: Arc<Record>,
     idx: u32,
 }
 
-type Table = HashTable<Slot>;
+/// One shard. A current digest points straight at its record (8 bytes a
+/// token: nearly every digest is one); the few superseded digests in their
+/// grace period carry their number. A digest is in one of the two only.
+#[derive(Clone, Default)]
+struct Table {
+    current: HashTable<Arc<Record>>,
+    superseded: HashTable<Slot>,
+}
+
+impl Table {
+    fn with_capacity(current: usize, superseded: usize) -> Self {
+        Self {
+            current: HashTable::with_capacity(current),
+            superseded: HashTable::with_capacity(superseded),
+        }
+    }
+
+    fn find(&self, d: &TokenHash) -> Option<Found> {
+        let h = hash_of(d);
+        if let Some(r) = self.current.find(h, |r| r.first.digest.ct_eq(d)) {
+            return Some(Found {
+                record: r.clone(),
+                slot: 0,
+            });
+        }
+        self.superseded
+            .find(h, |s| s.record.slot(s.idx).digest.ct_eq(d))
+            .map(|s| Found {
+                record: s.record.clone(),
+                slot: s.idx,
+            })
+    }
+
+    /// Adds digest `idx` of `r`, taking the digest from any record that held
+    /// it (two tokens sharing a digest: the one added last wins). Returns
+    /// the record it was taken from.
+    fn insert(&mut self, r: &Arc<Record>, idx: u32) -> Option<Arc<Record>> {
+        let d = r.slot(idx).digest;
+        let taken = self.take(&d, |_, _| true);
+        let h = hash_of(&d);
+        if idx == 0 {
+            let hash = |o: &Arc<Record>| hash_of(&o.first.digest);
+            self.current.insert_unique(h, r.clone(), hash);
+        } else {
+            let hash = |o: &Slot| hash_of(&o.record.slot(o.idx).digest);
+            let slot = Slot {
+                record: r.clone(),
+                idx,
+            };
+            self.superseded.insert_unique(h, slot, hash);
+        }
+        taken
+    }
+
+    /// Removes digest `d` where `owns(record, idx)` holds for its entry.
+    fn take(
+        &mut self,
+        d: &TokenHash,
+        owns: impl Fn(&Arc<Record>, u32) -> bool,
+    ) -> Option<Arc<Record>> {
+        let h = hash_of(d);
+        if let Ok(e) = self
+            .current
+            .find_entry(h, |r| r.first.digest.ct_eq(d) && owns(r, 0))
+        {
+            return Some(e.remove().0);
+        }
+        let e = self.superseded.find_entry(h, |s| {
+            s.record.slot(s.idx).digest.ct_eq(d) && owns(&s.record, s.idx)
+        });
+        e.ok().map(|e| e.remove().0.record)
+    }
+}
 
 /// Source health, shared with `/readyz` and `/metrics`.
 #[derive(Debug, Default)]
@@ -291,7 +380,7 @@ impl Default for Index {
     fn default() -> Self {
         Self {
             shards: ArcSwap::from_pointee(Shards(
-                (0..SHARDS.start).map(|_| Arc::new(Table::new())).collect(),
+                (0..SHARDS.start).map(|_| Arc::default()).collect(),
             )),
             records: AtomicUsize::new(0),
             digests: AtomicUsize::new(0),
@@ -314,10 +403,6 @@ fn hash_of(d: &TokenHash) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&d.0[8..16]);
     u64::from_le_bytes(b)
-}
-
-fn slot_hash(s: &Slot) -> u64 {
-    hash_of(&s.record.slot(s.idx).digest)
 }
 
 /// Buckets hashbrown allocates for `capacity` entries (its rule above 8;
@@ -348,14 +433,7 @@ impl Index {
     /// Finds a digest. The final comparison is constant-time.
     pub fn lookup(&self, digest: &TokenHash) -> Option<Found> {
         let shards = self.shards.load();
-        shards.0[shard_of(digest, shards.0.len())]
-            .find(hash_of(digest), |s| {
-                s.record.slot(s.idx).digest.ct_eq(digest)
-            })
-            .map(|s| Found {
-                record: s.record.clone(),
-                slot: s.idx,
-            })
+        shards.0[shard_of(digest, shards.0.len())].find(digest)
     }
     /// Number of tokens loaded.
     pub fn records(&self) -> usize {
@@ -412,16 +490,17 @@ impl Objects {
         }
     }
 
-    fn locate(&self, uid: &str) -> (u64, usize) {
-        let h = self.hasher.hash_one(uid);
+    fn locate(&self, key: UidKey<'_>) -> (u64, usize) {
+        let h = self.hasher.hash_one(key);
         (h, fast_range((h >> 32) as u32, self.shards.len()))
     }
 
     /// Adds `r`, returning the record it replaces (same UID).
     fn insert(&mut self, r: Arc<Record>) -> Option<Arc<Record>> {
-        let (h, i) = self.locate(r.uid());
+        let key = r.uid_key();
+        let (h, i) = self.locate(key);
         let hasher = &self.hasher;
-        match self.shards[i].entry(h, |o| o.uid() == r.uid(), |o| hasher.hash_one(o.uid())) {
+        match self.shards[i].entry(h, |o| o.uid_key() == key, |o| hasher.hash_one(o.uid_key())) {
             hashbrown::hash_table::Entry::Occupied(mut e) => {
                 Some(std::mem::replace(e.get_mut(), r))
             }
@@ -434,9 +513,10 @@ impl Objects {
     }
 
     fn remove(&mut self, uid: &str) -> Option<Arc<Record>> {
-        let (h, i) = self.locate(uid);
+        let key = UidKey::of(uid);
+        let (h, i) = self.locate(key);
         let old = self.shards[i]
-            .find_entry(h, |r| r.uid() == uid)
+            .find_entry(h, |r| r.uid_key() == key)
             .ok()?
             .remove()
             .0;
@@ -445,8 +525,9 @@ impl Objects {
     }
 
     fn contains(&self, uid: &str) -> bool {
-        let (h, i) = self.locate(uid);
-        self.shards[i].find(h, |r| r.uid() == uid).is_some()
+        let key = UidKey::of(uid);
+        let (h, i) = self.locate(key);
+        self.shards[i].find(h, |r| r.uid_key() == key).is_some()
     }
 
     fn iter(&self) -> impl Iterator<Item = &Arc<Record>> {
@@ -545,16 +626,19 @@ impl IndexWriter {
         let more: Vec<HashSlot> = slots.collect();
         let sources = r.source_ranges()?;
         let limit = r.usage_limit.as_deref().map(Limit::new);
-        let mut text = String::with_capacity(label_len + r.uid.len());
+        let uuid = uid::parse(&r.uid);
+        let tail = if uuid.is_some() { "" } else { r.uid.as_str() };
+        let mut text = String::with_capacity(label_len + tail.len());
         text.push_str(&r.namespace);
         text.push('/');
         text.push_str(&r.name);
-        text.push_str(&r.uid);
+        text.push_str(tail);
         Ok(Arc::new(Record {
             cell: ArcSwapOption::empty(),
             text: text.into_boxed_str(),
             ns_len,
             label_len: label_len16,
+            uuid: uuid.unwrap_or_default(),
             first,
             rare: (!more.is_empty() || !sources.is_empty() || limit.is_some()).then(|| {
                 Box::new(Rare {
@@ -602,10 +686,8 @@ impl IndexWriter {
         if let Some(old) = old {
             for (idx, slot) in old.slots().enumerate() {
                 let table = Arc::make_mut(&mut tables[shard_of(&slot.digest, n)]);
-                if let Ok(e) = table.find_entry(hash_of(&slot.digest), |s| {
-                    Arc::ptr_eq(&s.record, old) && s.idx as usize == idx
-                }) {
-                    e.remove();
+                let owned = |r: &Arc<Record>, i: u32| Arc::ptr_eq(r, old) && i as usize == idx;
+                if table.take(&slot.digest, owned).is_some() {
                     digests -= 1;
                 }
             }
@@ -613,27 +695,13 @@ impl IndexWriter {
         if let Some(new) = new {
             for (idx, slot) in new.slots().enumerate() {
                 let table = Arc::make_mut(&mut tables[shard_of(&slot.digest, n)]);
-                let value = Slot {
-                    record: new.clone(),
-                    idx: idx as u32,
-                };
-                match table.entry(
-                    hash_of(&slot.digest),
-                    |s| s.record.slot(s.idx).digest.ct_eq(&slot.digest),
-                    slot_hash,
-                ) {
-                    hashbrown::hash_table::Entry::Occupied(mut e) => {
-                        tracing::warn!(
-                            uid = new.uid(),
-                            other_uid = e.get().record.uid(),
-                            "two tokens share a digest; the newer record wins"
-                        );
-                        *e.get_mut() = value;
-                    }
-                    hashbrown::hash_table::Entry::Vacant(e) => {
-                        e.insert(value);
-                        digests += 1;
-                    }
+                match table.insert(new, idx as u32) {
+                    Some(other) => tracing::warn!(
+                        uid = %new.uid(),
+                        other_uid = %other.uid(),
+                        "two tokens share a digest; the newer record wins"
+                    ),
+                    None => digests += 1,
                 }
             }
         }
@@ -655,40 +723,30 @@ impl IndexWriter {
         for r in records {
             if let Some(old) = objects.insert(r) {
                 tracing::warn!(
-                    uid = old.uid(),
+                    uid = %old.uid(),
                     "the same token UID appears twice; the later record wins"
                 );
             }
         }
         let total: usize = objects.iter().map(|r| r.slots().count()).sum();
         let n = shard_count(total);
-        let mut per_shard = vec![0usize; n];
+        let mut sizes = vec![(0usize, 0usize); n];
         for r in objects.iter() {
-            for s in r.slots() {
-                per_shard[shard_of(&s.digest, n)] += 1;
+            for (idx, s) in r.slots().enumerate() {
+                let size = &mut sizes[shard_of(&s.digest, n)];
+                if idx == 0 { size.0 += 1 } else { size.1 += 1 }
             }
         }
-        let mut tables: Vec<Table> = per_shard.iter().map(|&c| Table::with_capacity(c)).collect();
+        let mut tables: Vec<Table> = sizes
+            .iter()
+            .map(|&(current, superseded)| Table::with_capacity(current, superseded))
+            .collect();
         let mut digests = 0;
         for r in objects.iter() {
             for (idx, s) in r.slots().enumerate() {
-                let value = Slot {
-                    record: r.clone(),
-                    idx: idx as u32,
-                };
-                match tables[shard_of(&s.digest, n)].entry(
-                    hash_of(&s.digest),
-                    |o| o.record.slot(o.idx).digest.ct_eq(&s.digest),
-                    slot_hash,
-                ) {
-                    hashbrown::hash_table::Entry::Occupied(mut e) => {
-                        tracing::warn!(uid = r.uid(), "two tokens share a digest; one wins");
-                        *e.get_mut() = value;
-                    }
-                    hashbrown::hash_table::Entry::Vacant(e) => {
-                        e.insert(value);
-                        digests += 1;
-                    }
+                match tables[shard_of(&s.digest, n)].insert(r, idx as u32) {
+                    Some(_) => tracing::warn!(uid = %r.uid(), "two tokens share a digest; one wins"),
+                    None => digests += 1,
                 }
             }
         }
@@ -827,6 +885,57 @@ mod tests {
     }
 
     #[test]
+    fn uuid_uids_are_kept_as_bytes_and_read_back_as_given() {
+        let mut w = writer();
+        let t = Token::generate("prod").unwrap();
+        for uid in [
+            "0f8e4c1a-92b3-4d5e-a6f7-0123456789ab",
+            "0F8E4C1A-92B3-4D5E-A6F7-0123456789AB",
+            "u-2",
+        ] {
+            let r = w.compact(&record(uid, &t)).unwrap();
+            assert_eq!(r.uid(), uid);
+            assert_eq!(r.label(), format!("team-a/tok-{uid}"));
+            w.upsert(&r);
+            assert!(w.contains(uid));
+            assert_eq!(w.index().lookup(&t.hash()).unwrap().record.uid(), uid);
+            assert!(w.remove(uid), "{uid}");
+            assert!(!w.contains(uid));
+        }
+        let r = w.compact(&record("0f8e4c1a-92b3-4d5e-a6f7-0123456789ab", &t)).unwrap();
+        assert_eq!(r.text.len(), r.label().len(), "a UUID is not kept as text");
+    }
+
+    #[test]
+    fn a_digest_shared_by_two_tokens_goes_to_the_one_written_last() {
+        let mut w = writer();
+        let (a, b) = (Token::generate("prod").unwrap(), Token::generate("prod").unwrap());
+        let mut hr = record("u-1", &a);
+        let until = Utc::now() + chrono::Duration::hours(1);
+        hr.hashes.push(HashEntry {
+            sha256: b.hash().to_hex(),
+            regeneration: 0,
+            not_after: Some(until),
+        });
+        let first = w.compact(&hr).unwrap();
+        w.upsert(&first);
+        // u-2's current digest is u-1's superseded one, and the other way.
+        let second = w.compact(&record("u-2", &b)).unwrap();
+        w.upsert(&second);
+        let found = w.index().lookup(&b.hash()).unwrap();
+        assert_eq!((found.record.uid(), found.slot), ("u-2".into(), 0));
+        assert_eq!(w.index().digests(), 2);
+        let again = w.compact(&hr).unwrap();
+        w.upsert(&again);
+        let found = w.index().lookup(&b.hash()).unwrap();
+        assert_eq!((found.record.uid(), found.slot), ("u-1".into(), 1));
+        assert!(w.remove("u-2"));
+        assert!(w.index().lookup(&b.hash()).is_some(), "u-1 keeps its digest");
+        assert!(w.remove("u-1"));
+        assert_eq!(w.index().digests(), 0);
+    }
+
+    #[test]
     fn replace_all_drops_what_is_not_listed() {
         let mut w = writer();
         let tokens: Vec<Token> = (0..200).map(|_| Token::generate("prod").unwrap()).collect();
@@ -885,10 +994,11 @@ mod tests {
     fn records_and_slots_stay_compact() {
         // A million of each: every 8 bytes here is 8 MB of RSS.
         assert!(
-            size_of::<Record>() <= 96,
+            size_of::<Record>() <= 112,
             "Record is {} bytes",
             size_of::<Record>()
         );
+        assert_eq!(size_of::<Arc<Record>>(), 8);
         assert_eq!(size_of::<Slot>(), 16);
     }
 

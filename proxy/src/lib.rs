@@ -24,6 +24,7 @@ pub mod server;
 pub mod source;
 pub mod state;
 pub mod usage;
+pub mod uid;
 pub mod verdict;
 
 pub use config::{Args, Config};
