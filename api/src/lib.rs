@@ -31,6 +31,7 @@ pub mod state;
 pub mod storage;
 pub mod template;
 pub mod triggers;
+pub mod unread;
 pub mod validate;
 pub mod webhooks;
 

@@ -19,9 +19,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::{Error, ErrorBody};
-use crate::identity;
 use crate::state::AppState;
 use crate::{agents, chat, integrations, knowledge, storage, triggers, webhooks};
+use crate::{identity, unread};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -199,5 +199,8 @@ pub fn app(state: AppState) -> Router {
                 .layer(CatchPanicLayer::custom(panicked))
                 .layer(middleware::from_fn_with_state(state.clone(), track)),
         )
+        // Outermost, so that every answer, a refusal of any layer included,
+        // says whether the connection is still in step.
+        .layer(middleware::from_fn(unread::close_unless_body_read))
         .with_state(state)
 }

@@ -271,9 +271,10 @@ async fn uploads_over_the_limit_are_refused_and_leave_nothing(b: Backend, store:
     config.limits.max_upload_bytes = 64 * 1024;
     let app = env.start_with(config).await;
     let api = app.client("acme");
-    // The server closes a connection whose body it refused to read; these
-    // requests get their own clients so no closed connection is reused.
+    // The server closes a connection whose body it refused to read, and
+    // says so; these requests get their own clients all the same.
     let refused = || app.client("acme");
+    let connection = |r: &reqwest::Response| r.headers().get("connection").cloned();
     // Declared too large: refused before a byte is read.
     let r = refused()
         .req(Method::PUT, "/api/knowledge-base/storage/big.bin")
@@ -282,6 +283,7 @@ async fn uploads_over_the_limit_are_refused_and_leave_nothing(b: Backend, store:
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(connection(&r).unwrap(), "close");
     let body: Value = r.json().await.unwrap();
     assert_eq!(error_code(&body), "payload_too_large");
     // Streamed without a length: cut off at the limit.
@@ -304,6 +306,8 @@ async fn uploads_over_the_limit_are_refused_and_leave_nothing(b: Backend, store:
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
+    // Its body read to the end, the connection goes on.
+    assert_eq!(connection(&r), None);
     let (_, list) = api.get("/api/knowledge-base/storage").await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -8,12 +8,16 @@
 //! the end.
 //!
 //! The API may answer before it has read the body (a 413 by
-//! `Content-Length`, a 401 of its own). That answer is relayed as soon as
-//! its head arrives: the rest of the body is not sent, the upstream
-//! connection is dropped (it is out of step), and the client connection is
-//! closed after the answer, discarding what the client still sends of the
-//! body for at most [`LINGER`] / [`LINGER_BYTES`] so that the close does not
-//! turn into a reset that destroys the answer before the client reads it.
+//! `Content-Length`, a 415 or 400 on the head). That answer is relayed as
+//! soon as its head arrives and the rest of the body is not sent. The
+//! upstream connection is kept only when it is in step: the whole body went
+//! up before the answer came, the answer allows keep-alive (the API says
+//! `Connection: close` whenever it has not read the body to its end) and
+//! the response was read to its end. The client connection goes on when
+//! the proxy had read the client's whole body; otherwise it is closed after
+//! the answer, discarding what the client still sends of the body for at
+//! most [`LINGER`] / [`LINGER_BYTES`] so that the close does not turn into
+//! a reset that destroys the answer before the client reads it.
 //! `Expect: 100-continue` goes to the API, whose own `100` (or final
 //! answer) is relayed: the API, not the proxy, knows whether it wants the
 //! body.
@@ -331,7 +335,9 @@ impl AuthProxy {
         }
         down.finish_body().await.map_err(Failure::Downstream)?;
         // After an early answer the upstream connection holds an unsent
-        // body: never reused.
+        // body: never reused. Otherwise it is only if the answer allows
+        // keep-alive (the API's does only when it read the whole body) and
+        // was read to its end (`reuse` checks).
         if !early {
             up.respect_keepalive();
             *kept = up.reuse().await;

@@ -1,8 +1,9 @@
 //! How the proxy forwards: one upstream connection per client connection, a
 //! stale upstream connection retried or avoided, `Expect: 100-continue`
 //! forwarded and the upstream's 100 relayed, hop-by-hop headers kept on their
-//! hop, early answers relayed while the body is still coming. The upstream
-//! here is a raw TCP server, so the test sees connections, not just requests.
+//! hop, early answers relayed while the body is still coming, and the bounds
+//! on what a client still sends after one. The upstream here is a raw TCP
+//! server, so the test sees connections, not just requests.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -10,8 +11,9 @@ mod support;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use prodgy_proxy::proxy::{LINGER, LINGER_BYTES};
 use support::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
@@ -309,4 +311,63 @@ async fn an_early_answer_reaches_the_client_and_neither_connection_is_reused() {
             "GET /api/agent-base HTTP/1.1"
         ]
     );
+}
+
+/// Sends a request the upstream answers on its head, then goes on sending
+/// `block` every `pause` as if the answer had not come; returns what was
+/// sent after the answer and how long until the proxy ended the connection.
+fn send_until_cut_off(
+    addr: SocketAddr,
+    bearer: &str,
+    block: usize,
+    pause: Duration,
+) -> (usize, Duration) {
+    let mut c = Conn::connect(addr);
+    c.send(
+        format!(
+            "POST /api/agent-base HTTP/1.1\r\nHost: x\r\nAuthorization: {bearer}\r\n\
+             X-Answer-Early: yes\r\nContent-Length: {}\r\n\r\n",
+            1u64 << 40
+        )
+        .as_bytes(),
+    );
+    let (status, _, body) = c.response();
+    assert_eq!((status, body.as_str()), (413, "too big"));
+    let (start, block, mut sent) = (Instant::now(), vec![b'x'; block], 0);
+    while c.try_send(&block) {
+        sent += block.len();
+        assert!(
+            start.elapsed() < 3 * LINGER,
+            "still open after {sent} bytes"
+        );
+        std::thread::sleep(pause);
+    }
+    (sent, start.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_keeps_sending_after_an_early_answer_is_cut_off_within_the_bounds() {
+    let t = issue("ns", "linger", "acme");
+    let up = RawUpstream::start(false).await;
+    let (proxy, _dir) = file_proxy(up.addr, &[&t.record]).await;
+    let (addr, fast_bearer, slow_bearer) = (proxy.addr, t.bearer(), t.bearer());
+    // As fast as it can: the byte bound ends it, long before the time bound.
+    let fast = tokio::task::spawn_blocking(move || {
+        send_until_cut_off(addr, &fast_bearer, 64 * 1024, Duration::ZERO)
+    });
+    // A byte every 50 ms never reaches the byte bound: the time bound ends it.
+    let slow = tokio::task::spawn_blocking(move || {
+        send_until_cut_off(addr, &slow_bearer, 1, Duration::from_millis(50))
+    });
+    let (fast, slow) = (fast.await.unwrap(), slow.await.unwrap());
+    // Beyond the 1 MiB the proxy reads, only what fits in the client's send
+    // buffer and the proxy's receive buffer (at most 4 and 32 MiB here) is
+    // sent; 5 s would carry gigabytes.
+    let fast_ok = LINGER_BYTES..LINGER_BYTES + (64 << 20);
+    assert!(
+        fast_ok.contains(&fast.0) && fast.1 < LINGER / 2,
+        "fast sender: {fast:?}"
+    );
+    let slow_ok = LINGER - Duration::from_millis(500)..LINGER + Duration::from_secs(2);
+    assert!(slow_ok.contains(&slow.1), "slow sender: {slow:?}");
 }

@@ -481,6 +481,7 @@ impl Conn {
     pub fn connect(addr: SocketAddr) -> Self {
         let s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
         Self {
             reader: BufReader::new(s),
         }
@@ -488,6 +489,12 @@ impl Conn {
 
     pub fn send(&mut self, bytes: &[u8]) {
         self.reader.get_mut().write_all(bytes).unwrap();
+    }
+
+    /// Sends `bytes`; `false` when the connection is gone (or the write
+    /// stalled for 5 s).
+    pub fn try_send(&mut self, bytes: &[u8]) -> bool {
+        self.reader.get_mut().write_all(bytes).is_ok()
     }
 
     /// Reads one response: status, head lines, body (by Content-Length).
