@@ -595,7 +595,8 @@ impl IndexWriter {
 
     /// Validates and compacts one record.
     pub fn compact(&mut self, r: &HashedRecord) -> Result<Arc<Record>> {
-        r.validate()?;
+        // The digests and source ranges are checked as they are decoded below.
+        r.validate_fields()?;
         let label_len = r.namespace.len() + 1 + r.name.len();
         let (Ok(ns_len), Ok(label_len16)) =
             (u16::try_from(r.namespace.len()), u16::try_from(label_len))

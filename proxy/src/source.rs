@@ -206,10 +206,12 @@ pub fn for_each_element<R: Read>(
             } else if in_string {
                 if escaped {
                     escaped = false;
-                } else if b == b'\\' {
-                    escaped = true;
-                } else if b == b'"' {
-                    in_string = false;
+                } else {
+                    // Over the string's plain bytes to its next quote or backslash.
+                    let rest = &buf[scan..];
+                    scan += memchr::memchr2(b'"', b'\\', rest).unwrap_or(rest.len() - 1);
+                    escaped = buf[scan] == b'\\';
+                    in_string = escaped || buf[scan] != b'"';
                 }
             } else {
                 match b {
