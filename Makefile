@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: help run test test-rust test-chart test-images images test-load test-under-load fmt lint generate check-generated bench e2e fuzz test-console
+.PHONY: help run test test-rust test-chart test-images images test-load test-under-load fmt lint generate check-generated bench bench-memory e2e fuzz test-console
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -64,6 +64,9 @@ check-generated: generate ## Fail when generated files differ from what is commi
 bench: ## Proxy benchmark (release build, loopback, interleaved rounds), then instructions per request
 	./bench/run.sh
 	./bench/instructions.sh
+
+bench-memory: ## The proxy with 1,000,000 tokens: ready time, CPU time, RSS (BASELINE=older binary for a side-by-side run)
+	./bench/memory.sh
 
 e2e: ## kind end-to-end suite (needs Docker and kind; skips with a message otherwise)
 	./hack/kind-e2e.sh
