@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The images built by `make images`, run under podman the way a kubelet runs
-# the chart's pods (hack/chart_pod.py turns the Deployments that `helm
-# template` renders into pods: nothing of a pod is written here):
+# the chart's pods (hack/chart_pod.py turns the Deployments and the
+# uninstall hook's Job that `helm template` renders into pods: nothing of a
+# pod is written here):
 #   1. each container with the chart's security context prints --help, and
 #      its process really runs as 65532 with no capabilities, no new
 #      privileges and seccomp;
