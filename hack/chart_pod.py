@@ -1,32 +1,39 @@
 #!/usr/bin/env python3
-"""Runs one pod of a Deployment rendered by `helm template` under podman,
-the way a kubelet would, for hack/test-images.sh.
+"""Runs one pod of a Deployment or Job rendered by `helm template` under
+podman, the way a kubelet would, for hack/test-images.sh.
 
-Everything comes from the rendered Deployment: containers, images (with
---image substitutions), args, env (values and the downward API), ports,
-probes, volumes and mounts, the pod and container security contexts and
-memory limits. Nothing of the pod is written here by hand. What the
-kubelet adds is added: the service-account volume when the pod does not
-opt out, KUBERNETES_SERVICE_HOST/PORT, fsGroup ownership of volumes.
+Everything comes from the rendered workload: containers, images (the
+chart's references as they are: podman resolves them in local storage as
+a node's runtime would, pulling only what is missing, as imagePullPolicy
+says), args, env (values and the downward API), ports, probes, volumes and
+mounts, the pod and container security contexts and memory limits.
+Nothing of the pod is written here by hand. What the kubelet adds is
+added: the service-account volume when the pod does not opt out,
+KUBERNETES_SERVICE_HOST/PORT, fsGroup ownership of volumes.
 
-    chart_pod.py up   --manifest RENDERED --deployment NAME --state DIR
-                      [--image FROM=TO]... [--api-server HOST:PORT]
-                      [--ca FILE] [--token TOKEN] [--extra-port PORT]...
-    chart_pod.py wait --state DIR [--timeout S]
+    chart_pod.py up    --manifest RENDERED (--deployment NAME | --job NAME)
+                       --state DIR [--api-server HOST:PORT] [--ca FILE]
+                       [--token TOKEN] [--extra-port PORT]...
+    chart_pod.py wait  --state DIR [--timeout S]
+    chart_pod.py complete --state DIR [--timeout S]
     chart_pod.py flags --manifest RENDERED --deployment NAME --container C
-                      [--image FROM=TO]...
-    chart_pod.py diff --state DIR --container C
-    chart_pod.py down --state DIR [--keep]
+    chart_pod.py images --manifest RENDERED
+    chart_pod.py diff  --state DIR --container C
+    chart_pod.py down  --state DIR [--keep]
 
 `up` creates and starts the pod (its own network namespace, container
 ports published on 127.0.0.1 as a Service would reach them) and writes
 DIR/pod.json: published ports and probes. `wait` polls the startup and
 readiness probes, then the liveness probes, until each answers 2xx, as a
-kubelet gates readiness. `flags` prints (one per line) the podman options
-for one container's security context and mounts, for one-off runs such as
-`--help`. `diff` prints what a container changed in its root filesystem,
-less the mount points podman made for its volumes (empty: it wrote only to
-volumes). PODMAN is the podman command line (default `podman`).
+kubelet gates readiness. `complete` waits for a Job's pod to finish and
+fails unless every container exited 0 (its one run is the verdict: the
+Job's retries are not imitated). `flags` prints (one per line) the podman
+options for one container's security context and mounts, for one-off runs
+such as `--help`, then its image. `images` prints every image the rendered
+Deployments and Jobs run. `diff` prints what a container changed in its
+root filesystem, less the mount points podman made for its volumes (empty:
+it wrote only to volumes). PODMAN is the podman command line (default
+`podman`).
 """
 
 from __future__ import annotations
@@ -67,25 +74,29 @@ def run(args: list[str], **kw) -> str:
     return done.stdout
 
 
-def load(manifest: str, deployment: str) -> tuple[dict, dict]:
-    """The named Deployment and every rendered Secret, by name."""
+WORKLOADS = ("Deployment", "Job")
+# imagePullPolicy as podman's --pull.
+PULL = {"IfNotPresent": "missing", "Always": "always", "Never": "never"}
+
+
+def documents(manifest: str) -> list[dict]:
     with open(manifest) as f:
-        docs = [d for d in yaml.safe_load_all(f) if d]
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def load(manifest: str, kind: str, workload: str) -> tuple[dict, dict]:
+    """The named Deployment or Job and every rendered Secret, by name."""
+    docs = documents(manifest)
     secrets = {d["metadata"]["name"]: d for d in docs if d.get("kind") == "Secret"}
     for d in docs:
-        if d.get("kind") == "Deployment" and d["metadata"]["name"] == deployment:
+        if d.get("kind") == kind and d["metadata"]["name"] == workload:
             return d, secrets
-    raise PodError(f"no Deployment {deployment} in {manifest}")
+    raise PodError(f"no {kind} {workload} in {manifest}")
 
 
-def parse_images(pairs: list[str]) -> dict[str, str]:
-    out = {}
-    for p in pairs:
-        src, sep, dst = p.partition("=")
-        if not sep:
-            raise PodError(f"--image wants FROM=TO, not {p}")
-        out[src] = dst
-    return out
+def read_state(state_dir: str) -> dict:
+    with open(os.path.join(state_dir, "pod.json")) as f:
+        return json.load(f)
 
 
 def free_port() -> int:
@@ -319,18 +330,13 @@ def pod_volumes(spec: dict, containers: list[dict]) -> list[dict]:
     return volumes
 
 
-def image_of(container: dict, images: dict) -> str:
-    return images.get(container["image"], container["image"])
-
-
 def container_flags(spec, container, volumes, ctx) -> list[str]:
     return security_flags(spec, container) + mount_flags(container, volumes) + env_flags(container, ctx)
 
 
 def up(args) -> None:
-    dep, secrets = load(args.manifest, args.deployment)
+    dep, secrets = load(args.manifest, *(("Job", args.job) if args.job else ("Deployment", args.deployment)))
     spec = dep["spec"]["template"]["spec"]
-    images = parse_images(args.image)
     ctx = pod_context(dep, secrets, args)
     containers = [dict(c) for c in spec["containers"]]
     if spec.get("initContainers"):
@@ -373,11 +379,12 @@ def up(args) -> None:
     names, mounts = [], {}
     for c in containers:
         name = f"{pod}-{c['name']}"
-        cmd = base + ["create", f"--pod={pod}", f"--name={name}", "--restart=no"]
+        cmd = base + ["create", f"--pod={pod}", f"--name={name}", "--restart=no",
+                      f"--pull={PULL[c.get('imagePullPolicy', 'IfNotPresent')]}"]
         cmd += container_flags(spec, c, volumes, ctx)
         if c.get("command"):
             cmd.append(f"--entrypoint={json.dumps(c['command'])}")
-        cmd.append(image_of(c, images))
+        cmd.append(c["image"])
         cmd += [str(a) for a in c.get("args") or []]
         run(cmd)
         names.append(name)
@@ -401,8 +408,7 @@ def probe_ok(url: str) -> tuple[bool, str]:
 
 
 def wait(args) -> None:
-    with open(os.path.join(args.state, "pod.json")) as f:
-        state = json.load(f)
+    state = read_state(args.state)
     order = {"startupProbe": 0, "readinessProbe": 1, "livenessProbe": 2}
     for p in sorted(state["probes"], key=lambda p: order[p["kind"]]):
         url = f"http://127.0.0.1:{p['host_port']}{p['path']}"
@@ -430,21 +436,45 @@ def logs(state: dict) -> None:
         sys.stderr.write(f"---- {c} (last 30 lines) ----\n{done.stdout}{done.stderr}")
 
 
+def complete(args) -> None:
+    state = read_state(args.state)
+    try:
+        codes = run(podman() + ["wait"] + state["containers"], timeout=args.timeout).split()
+    except subprocess.TimeoutExpired:
+        logs(state)
+        raise PodError(f"pod {state['pod']} still runs after {args.timeout:.0f}s") from None
+    failed = {c: code for c, code in zip(state["containers"], codes) if code != "0"}
+    if failed:
+        logs(state)
+        raise PodError(f"pod {state['pod']} failed: exit codes {failed}")
+    print(f"pod {state['pod']} completed: every container exited 0")
+
+
 def flags(args) -> None:
-    dep, secrets = load(args.manifest, args.deployment)
+    dep, _ = load(args.manifest, "Deployment", args.deployment)
     spec = dep["spec"]["template"]["spec"]
     for c in spec["containers"]:
         if c["name"] == args.container:
             for flag in security_flags(spec, c):
                 print(flag)
-            print(image_of(c, parse_images(args.image)))
+            print(c["image"])
             return
     raise PodError(f"no container {args.container} in {args.deployment}")
 
 
+def images(args) -> None:
+    seen = []
+    for d in documents(args.manifest):
+        if d.get("kind") in WORKLOADS:
+            spec = d["spec"]["template"]["spec"]
+            for c in (spec.get("initContainers") or []) + spec["containers"]:
+                if c["image"] not in seen:
+                    seen.append(c["image"])
+    print("\n".join(seen))
+
+
 def diff(args) -> None:
-    with open(os.path.join(args.state, "pod.json")) as f:
-        state = json.load(f)
+    state = read_state(args.state)
     # Podman creates each mount point (and its parents) in the container's
     # layer; those are not writes of the process.
     made = {"/"}
@@ -460,11 +490,9 @@ def diff(args) -> None:
 
 
 def down(args) -> None:
-    path = os.path.join(args.state, "pod.json")
-    if not os.path.exists(path):
+    if not os.path.exists(os.path.join(args.state, "pod.json")):
         return
-    with open(path) as f:
-        state = json.load(f)
+    state = read_state(args.state)
     began = time.monotonic()
     subprocess.run(podman() + ["pod", "stop", "-t", str(state["grace"]), state["pod"]], capture_output=True)
     print(f"pod {state['pod']} stopped in {time.monotonic() - began:.1f}s")
@@ -477,19 +505,23 @@ def main() -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     u = sub.add_parser("up")
     f = sub.add_parser("flags")
-    for p in (u, f):
+    i = sub.add_parser("images")
+    for p in (u, f, i):
         p.add_argument("--manifest", required=True)
-        p.add_argument("--deployment", required=True)
-        p.add_argument("--image", action="append", default=[])
+    which = u.add_mutually_exclusive_group(required=True)
+    which.add_argument("--deployment")
+    which.add_argument("--job")
+    f.add_argument("--deployment", required=True)
     u.add_argument("--state", required=True)
     u.add_argument("--api-server")
     u.add_argument("--ca")
     u.add_argument("--token")
     u.add_argument("--extra-port", type=int, action="append", default=[])
     f.add_argument("--container", required=True)
-    w = sub.add_parser("wait")
-    w.add_argument("--state", required=True)
-    w.add_argument("--timeout", type=float, default=120)
+    for name in ("wait", "complete"):
+        w = sub.add_parser(name)
+        w.add_argument("--state", required=True)
+        w.add_argument("--timeout", type=float, default=120)
     df = sub.add_parser("diff")
     df.add_argument("--state", required=True)
     df.add_argument("--container", required=True)
@@ -498,7 +530,9 @@ def main() -> int:
     d.add_argument("--keep", action="store_true", help="stop the pod but keep it (and its logs)")
     args = ap.parse_args()
     try:
-        {"up": up, "wait": wait, "flags": flags, "diff": diff, "down": down}[args.cmd](args)
+        commands = {"up": up, "wait": wait, "complete": complete, "flags": flags,
+                    "images": images, "diff": diff, "down": down}
+        commands[args.cmd](args)
     except PodError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -16,7 +16,9 @@ prints every panel and variable query instead as a recording rule of a
 Prometheus rule file, with Grafana's variables replaced by values, so that
 `promtool check rules` parses each one as PromQL (hack/check-chart.sh). The
 test tests/tests/metrics.rs checks that the series named here are ones the
-binaries export.
+binaries export, and that every label a query matches on or aggregates by
+(`by (…)`, `without (…)`, `label_values(…, label)`) is one those series
+carry as Prometheus stores them through the chart's ServiceMonitors.
 """
 
 import json

@@ -7,10 +7,12 @@
 #   hack/images.sh
 #
 # Output: target/images/{operator,proxy,api}.tar, one OCI archive each,
-# named localhost/prodgy/<component>:<appVersion> (how podman names a local
-# image; install the chart with global.imageRegistry=localhost to run them as
-# built), and target/images/sizes.txt with each
-# image's uncompressed size. The images also stay in local container storage.
+# named docker.io/prodgy/<component>:<appVersion>: what a node's runtime
+# makes of the chart's default reference prodgy/<component>:<appVersion>
+# (containerd's normalisation; podman finds such a short name in local
+# storage under docker.io/ too), so the chart's default values run them as
+# built. And target/images/sizes.txt with each image's uncompressed size.
+# The images also stay in local container storage.
 #
 # Environment: SKIP_CARGO=1 uses target/release as it is.
 set -euo pipefail
@@ -44,8 +46,11 @@ sh docker/stage.sh "$context" "${bins[@]}"
 
 : >"$work/sizes.txt.new"
 for c in "${components[@]}"; do
-  name=localhost/prodgy/$c:$tag
+  name=docker.io/prodgy/$c:$tag
   echo "==> $name"
+  # The name earlier builds used: podman would resolve the chart's short
+  # name to it before the docker.io/ one.
+  if podman image exists "localhost/prodgy/$c:$tag"; then podman rmi "localhost/prodgy/$c:$tag" >/dev/null; fi
   # --layers=false: nothing to cache, every layer is a copy.
   buildah --log-level=error bud --quiet --layers=false -f docker/Dockerfile --target "$c" \
     --build-arg BINARIES=prebuilt --build-arg VERSION="$tag" --build-arg REVISION="$revision" \

@@ -135,15 +135,16 @@ step "images ($engine)"
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   hack/images.sh
 fi
-# make images writes OCI archives named localhost/prodgy/<component>:<appVersion>
-# (the chart is installed with global.imageRegistry=localhost to match); the
-# nodes' containerd takes a docker-archive, so each is loaded into the engine
-# and saved as one.
+# make images writes OCI archives named docker.io/prodgy/<component>:<appVersion>,
+# what the nodes' containerd makes of the chart's default reference
+# prodgy/<component>:<appVersion>, so the chart is installed with its default
+# image values. containerd takes a docker-archive here, so each is loaded
+# into the engine and saved as one.
 tag=$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' charts/prodgy/Chart.yaml)
 for component in operator proxy api; do
   archive=target/images/$component.tar
   [ -s "$archive" ] || { echo "error: no $archive; run make images" >&2; exit 1; }
-  name=localhost/prodgy/$component:$tag
+  name=docker.io/prodgy/$component:$tag
   "$engine" load -i "$archive" >/dev/null
   "$engine" save -o "$work/$component-docker.tar" "$name"
   kind load image-archive --name "$cluster" "$work/$component-docker.tar"
@@ -158,8 +159,6 @@ kubectl -n ingress-nginx wait --for=condition=complete job --all --timeout=120s
 step "chart"
 "$helm" upgrade --install "$release" charts/prodgy --namespace "$namespace" --create-namespace \
   -f charts/prodgy/ci/kind-values.yaml \
-  --set "operator.image.tag=$tag" --set "api.image.tag=$tag" --set "proxy.image.tag=$tag" \
-  --set global.imageRegistry=localhost \
   --wait --timeout 5m
 kubectl -n "$namespace" get pods -o wide
 

@@ -1,18 +1,27 @@
 #!/usr/bin/env bash
 # The images built by `make images`, run under podman the way a kubelet runs
-# the chart's pods (hack/chart_pod.py turns the Deployments that `helm
-# template` renders into pods: nothing of a pod is written here):
+# the chart's pods (hack/chart_pod.py turns the Deployments and the
+# uninstall hook's Job that `helm template` renders into pods: nothing of a
+# pod is written here):
 #   1. each container with the chart's security context prints --help, and
 #      its process really runs as 65532 with no capabilities, no new
 #      privileges and seccomp;
 #   2. the Kubernetes API test server (tests/kube-fake) serves HTTPS on the
 #      host; pods reach it through in-cluster configuration
 #      (KUBERNETES_SERVICE_HOST/PORT, a mounted service-account token and CA);
-#   3. the operator pod starts, and issues an ApiToken created on that server;
+#   3. the operator pod starts, takes the leader Lease, and issues an
+#      ApiToken created on that server;
 #   4. the API pod (API + proxy sidecar) starts and its probes answer; through
 #      the proxy's port the issued token gets 200 and no token 401; the API's
 #      own port is not reachable from outside the pod; the API wrote only
-#      under its data volume.
+#      under its data volume;
+#   5. helm uninstall: both pods stopped, the chart's post-delete hook Job
+#      runs `prodgy-operator release`; afterwards no ApiToken has the
+#      cleanup finalizer and no hashed Secret is left.
+#
+# The images are the chart's default references (prodgy/<c>:<appVersion>),
+# which podman resolves in local storage to what make images built; nothing
+# is pulled.
 #
 #   hack/test-images.sh          (make test-images)
 #
@@ -64,19 +73,28 @@ kube_fake=$PWD/target/debug/kube-fake
 [ -x "$kube_fake" ] || die "no $kube_fake; build it with cargo build -p prodgy-kube-fake --bin kube-fake"
 
 tag=$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' charts/prodgy/Chart.yaml)
-images=()
-for c in operator proxy api; do
-  "${podman[@]}" image exists "localhost/prodgy/$c:$tag" || die "no image localhost/prodgy/$c:$tag; run make images"
-  images+=(--image "prodgy/$c:$tag=localhost/prodgy/$c:$tag")
-done
 manifest=$work/chart.yaml
 "$helm" template prodgy charts/prodgy --namespace prodgy --kube-version 1.32.0 >"$manifest"
 pod() { "$py" hack/chart_pod.py "$@"; }
+# The name hack/images.sh gives a component's image.
+built() { echo "docker.io/prodgy/$1:$tag"; }
+image_id() { "${podman[@]}" image inspect --format '{{.Id}}' "$1" 2>/dev/null; }
+
+step "the chart's default image references resolve to the built images"
+mapfile -t refs < <(pod images --manifest "$manifest")
+[ "${#refs[@]}" -gt 0 ] || die "the rendered chart runs no image"
+for ref in "${refs[@]}"; do
+  repo=${ref%:*}
+  want=$(image_id "$(built "${repo##*/}")") || die "no image $(built "${repo##*/}"); run make images"
+  got=$(image_id "$ref") || die "the chart's $ref resolves to no local image"
+  [ "$got" = "$want" ] || die "the chart's $ref resolves to ${got:0:12}, not to $(built "${repo##*/}") (${want:0:12}): remove the other image"
+  echo "  $ref: $(built "${repo##*/}") (${got:0:12})"
+done
 
 # --- 1. --help under the chart's security context ---------------------------
 step "--help with the chart's security context"
 for dc in prodgy-operator/operator prodgy-api/proxy prodgy-api/api; do
-  mapfile -t run_flags < <(pod flags --manifest "$manifest" --deployment "${dc%/*}" --container "${dc#*/}" "${images[@]}")
+  mapfile -t run_flags < <(pod flags --manifest "$manifest" --deployment "${dc%/*}" --container "${dc#*/}")
   out=$("${podman[@]}" run --rm --network none "${run_flags[@]}" --help 2>&1) || die "$dc --help failed: $out"
   grep -q '^Usage: prodgy-' <<<"$out" || die "$dc --help printed no usage: $out"
   echo "  $dc: $(grep '^Usage:' <<<"$out")"
@@ -84,7 +102,7 @@ done
 
 step "image metadata: user, OCI labels, no shell"
 for c in operator proxy api; do
-  name=localhost/prodgy/$c:$tag
+  name=$(built "$c")
   meta=$("${podman[@]}" image inspect --format '{{.Config.User}} {{index .Labels "org.opencontainers.image.source"}} {{index .Labels "org.opencontainers.image.version"}} {{index .Labels "org.opencontainers.image.revision"}} {{index .Labels "org.opencontainers.image.licenses"}}' "$name")
   read -r user source version revision licenses <<<"$meta"
   [ "$user" = 65532:65532 ] || die "$name runs as '$user', not 65532:65532"
@@ -128,11 +146,11 @@ port=$("$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); pri
 kube_fake_pid=$!
 cleanup() {
   local rc=$?
-  for p in api operator; do pod down --keep --state "$work/$p" || true; done
-  for c in prodgy-operator-0-operator prodgy-api-0-proxy prodgy-api-0-api; do
+  for p in api operator release; do pod down --keep --state "$work/$p" || true; done
+  for c in prodgy-operator-0-operator prodgy-api-0-proxy prodgy-api-0-api prodgy-operator-release-0-release; do
     "${podman[@]}" logs "$c" >"$work/logs-$c.txt" 2>&1 || true
   done
-  for p in prodgy-api-0 prodgy-operator-0; do "${podman[@]}" pod rm -f "$p" >/dev/null 2>&1 || true; done
+  for p in prodgy-api-0 prodgy-operator-0 prodgy-operator-release-0; do "${podman[@]}" pod rm -f "$p" >/dev/null 2>&1 || true; done
   [ "$rc" = 0 ] || echo "image tests failed; container logs and kube-fake.log under $work" >&2
   kill "$kube_fake_pid" 2>/dev/null || true
   wait "$kube_fake_pid" 2>/dev/null || true
@@ -148,13 +166,25 @@ done
 token=$(sed -n 's/^ *token: //p' "$work/kubeconfig")
 api=https://127.0.0.1:$port
 kube() { curl -sS --cacert "$pki/ca.pem" -H "Authorization: Bearer $token" "$@"; }
+# A field of the JSON object on stdin (a dotted path), empty when absent.
+field() { "$py" -c 'import json,sys
+v = json.load(sys.stdin)
+for k in sys.argv[1].split("."): v = v.get(k) if isinstance(v, dict) else None
+print("" if v is None else v)' "$1"; }
+# One line per item of the list on stdin: namespace/name, then the values
+# of the named metadata or top-level field (finalizers joined by commas).
+items() { "$py" -c 'import json,sys
+for o in json.load(sys.stdin)["items"]:
+    m = o["metadata"]
+    v = m.get(sys.argv[1], o.get(sys.argv[1]))
+    print(m.get("namespace", "") + "/" + m["name"], ",".join(v) if isinstance(v, list) else v or "-")' "$1"; }
 kube -f "$api/version" >/dev/null || die "the API server does not answer over HTTPS"
 echo "  serving $api (pods: https://10.0.2.2:$port)"
 in_cluster=(--api-server "10.0.2.2:$port" --ca "$pki/ca.pem" --token "$token")
 
 # --- 3. the operator issues a token -----------------------------------------
 step "operator pod (rendered Deployment prodgy-operator)"
-pod up --manifest "$manifest" --deployment prodgy-operator --state "$work/operator" "${images[@]}" "${in_cluster[@]}"
+pod up --manifest "$manifest" --deployment prodgy-operator --state "$work/operator" "${in_cluster[@]}"
 pod wait --state "$work/operator"
 check_process prodgy-operator-0-operator
 
@@ -171,12 +201,18 @@ except Exception: pass' <<<"$data")
 done
 [ -n "$plaintext" ] || die "the operator issued no token for default/images-e2e (logs: podman logs prodgy-operator-0-operator)"
 echo "  the operator issued default/images-e2e (delivery Secret images-e2e-token)"
+# The rendered Deployment's --lease-name, in its POD_NAMESPACE; the holder
+# is the pod's name (POD_NAME).
+lease_url=$api/apis/coordination.k8s.io/v1/namespaces/prodgy/leases/prodgy-operator
+holder=$(kube -f "$lease_url" | field spec.holderIdentity) || die "the operator took no Lease prodgy/prodgy-operator"
+[ "$holder" = prodgy-operator-0 ] || die "the Lease prodgy/prodgy-operator is held by '$holder', not by the operator pod"
+echo "  the operator pod holds the leader Lease prodgy/prodgy-operator"
 
 # --- 4. the API pod ---------------------------------------------------------
 step "API pod (rendered Deployment prodgy-api: API + proxy sidecar)"
 # 8081 is the API's own port (loopback only): published as well, to show
 # that nothing outside the pod reaches it.
-pod up --manifest "$manifest" --deployment prodgy-api --state "$work/api" "${images[@]}" "${in_cluster[@]}" --extra-port 8081
+pod up --manifest "$manifest" --deployment prodgy-api --state "$work/api" "${in_cluster[@]}" --extra-port 8081
 pod wait --state "$work/api"
 check_process prodgy-api-0-proxy
 check_process prodgy-api-0-api
@@ -201,6 +237,31 @@ data_dir=$work/api/claims/prodgy-api-data
 foreign=$(find "$data_dir" -mindepth 1 ! -uid 65532)
 [ -z "$foreign" ] || die "files in the data volume not written by 65532: $foreign"
 echo "  the API wrote only under its data volume: $(find "$data_dir" -mindepth 1 -maxdepth 1 -printf '%f ' )"
+
+# --- 5. helm uninstall: the post-delete hook --------------------------------
+step "uninstall: the rendered post-delete hook Job prodgy-operator-release"
+# helm uninstall deletes the Deployments, then runs the hook.
+for p in api operator; do pod down --keep --state "$work/$p"; done
+# Each ApiToken with its finalizers; the hashed Secrets in prodgy-tokens.
+tokens() { kube -f "$api/apis/prodgy.io/v1/apitokens" | items finalizers; }
+hashed() {
+  local list
+  list=$(kube -f "$api/api/v1/namespaces/prodgy-tokens/secrets") || return 1
+  items type <<<"$list" | { grep ' prodgy.io/hashed-token$' || true; }
+}
+before=$(tokens) && before_hashed=$(hashed) && holder=$(kube -f "$lease_url" | field spec.holderIdentity) \
+  || die "the API server does not answer"
+[ "$before" = "default/images-e2e prodgy.io/cleanup" ] || die "before the hook, the ApiTokens are: $before"
+[ -n "$before_hashed" ] || die "before the hook, no hashed Secret in prodgy-tokens"
+# An operator killed at the end of its grace period leaves the Lease held
+# until it expires: release waits for that (--wait).
+echo "  pods stopped; Lease holder: '${holder}'; $(wc -l <<<"$before_hashed") hashed Secret(s); images-e2e has the finalizer"
+pod up --manifest "$manifest" --job prodgy-operator-release --state "$work/release" "${in_cluster[@]}"
+pod complete --state "$work/release" --timeout 180
+after=$(tokens) && after_hashed=$(hashed) || die "the API server does not answer"
+[ "$after" = "default/images-e2e -" ] || die "after the hook, the ApiTokens are: $after"
+[ -z "$after_hashed" ] || die "hashed Secrets left after the hook: $after_hashed"
+echo "  released: images-e2e has no finalizer, no hashed Secret left in prodgy-tokens"
 
 echo
 echo "image tests passed in $(( $(date +%s) - start ))s"

@@ -3,15 +3,15 @@
 //! Secret and removes the finalizer from every ApiToken, so tokens deleted
 //! meanwhile go at once (and their namespaces with them) and none keeps
 //! working; a reinstall rebuilds the records of tokens whose delivery Secret
-//! survived.
+//! survived. And a deleted namespace of ApiTokens: gone at once while the
+//! operator runs, `Terminating` while it is away until `release` frees it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
 
 use std::time::Duration;
 
-use kube::api::{DeleteParams, ListParams};
-use prodgy_crds::hashed::SELECTOR;
+use kube::api::DeleteParams;
 use prodgy_operator::plan::FINALIZER;
 use prodgy_operator::release::{self, Released};
 use serde_json::json;
@@ -70,12 +70,7 @@ async fn release_lets_every_token_go_once_the_operator_is_stopped() {
     );
     assert!(w.tokens().get_opt("doomed").await.unwrap().is_none());
     assert!(w.delivered("doomed-token").await.is_none());
-    let hashed = w
-        .hashed_secrets()
-        .list(&ListParams::default().labels(SELECTOR))
-        .await
-        .unwrap();
-    assert!(hashed.items.is_empty(), "no token keeps working");
+    assert!(w.hashed_names().await.is_empty(), "no token keeps working");
     assert!(!has_finalizer(&w.get("kept").await));
     assert_eq!(w.delivered("kept-token").await.unwrap(), kept_plaintext);
 
@@ -98,11 +93,99 @@ async fn release_lets_every_token_go_once_the_operator_is_stopped() {
     })
     .await;
     assert_eq!(record.hashes[0].sha256, sha(&kept_plaintext));
-    let hashed = w
-        .hashed_secrets()
-        .list(&ListParams::default().labels(SELECTOR))
+    assert_eq!(
+        w.hashed_names().await.len(),
+        1,
+        "the deleted token did not come back"
+    );
+    operator.stop().await.unwrap();
+}
+
+/// Two issued tokens in a namespace of their own, created as an object so
+/// that it can be deleted.
+async fn namespace_with_two_tokens(w: &World) {
+    for name in ["first", "second"] {
+        w.create(name, json!({"product": "acme"})).await;
+        w.wait_phase(name, "Active").await;
+    }
+    assert_eq!(w.hashed_names().await.len(), 2);
+}
+
+async fn namespace_gone(w: &World) {
+    eventually("the namespace is gone", Duration::from_secs(10), || async {
+        w.namespaces()
+            .get_opt(&w.ns)
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_deleted_while_the_operator_runs_goes_with_its_hashed_secrets() {
+    let w = World::new("ns-live").await;
+    w.create_namespace().await;
+    let operator = w.start(&[]).await;
+    namespace_with_two_tokens(&w).await;
+
+    w.namespaces()
+        .delete(&w.ns, &DeleteParams::default())
         .await
         .unwrap();
-    assert_eq!(hashed.items.len(), 1, "the deleted token did not come back");
+    namespace_gone(&w).await;
+    assert!(w.tokens().get_opt("first").await.unwrap().is_none());
+    assert!(
+        w.hashed_names().await.is_empty(),
+        "each token's finalizer deleted its hashed Secret"
+    );
     operator.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_deleted_while_the_operator_is_gone_waits_for_release() {
+    let w = World::new("ns-away").await;
+    w.create_namespace().await;
+    let lease_ns = format!("ops-{}", w.ns);
+    let flags = support::leader_flags(&lease_ns);
+    let cfg = w.config(&flags);
+    let operator = w.start(&flags).await;
+    namespace_with_two_tokens(&w).await;
+    operator.stop().await.unwrap();
+
+    w.namespaces()
+        .delete(&w.ns, &DeleteParams::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ns = w.namespaces().get(&w.ns).await.unwrap();
+    assert_eq!(
+        ns.status.and_then(|s| s.phase).as_deref(),
+        Some("Terminating"),
+        "the finalizers hold the namespace"
+    );
+    for name in ["first", "second"] {
+        let t = w.get(name).await;
+        assert!(t.metadata.deletion_timestamp.is_some() && has_finalizer(&t));
+    }
+    assert_eq!(w.hashed_names().await.len(), 2, "the tokens still work");
+
+    let done = release::run(w.client.clone(), &cfg, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        done,
+        Released {
+            hashed_deleted: 2,
+            finalizers_removed: 2,
+            // The namespace's deletion took the delivery Secrets already.
+            delivery_deleted: 0,
+        }
+    );
+    namespace_gone(&w).await;
+    assert!(
+        w.hashed_names().await.is_empty(),
+        "no hashed Secret is left"
+    );
 }

@@ -6,7 +6,8 @@
 //! read, usage folded into status. Each scrape must pass `promtool check metrics` (Debian's
 //! `prometheus` package), match the metric tables of docs/operator.md,
 //! docs/proxy.md and docs/api.md in name, type and labels, and contain
-//! every series the chart's alerts and Grafana dashboard query.
+//! every series the chart's alerts and Grafana dashboard query, with every
+//! label those queries match on or aggregate by.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
@@ -51,7 +52,7 @@ async fn metrics_pass_promtool_match_the_docs_and_cover_alerts_and_dashboard() {
         }
     }
     s.finish(result).await;
-    let mut exported = BTreeSet::new();
+    let mut exported = BTreeMap::new();
     let mut problems = Vec::new();
     for ((component, doc, _), text) in scrapes.into_iter().zip(texts) {
         if let Err(e) = promtool_check_metrics(&text) {
@@ -60,9 +61,16 @@ async fn metrics_pass_promtool_match_the_docs_and_cover_alerts_and_dashboard() {
         let scraped = families(&text);
         let documented = documented(&std::fs::read_to_string(workspace_root().join(doc)).unwrap());
         problems.extend(compare(component, doc, &scraped, &documented));
-        exported.extend(sample_names(&text));
+        for (name, labels) in sample_labels(&text) {
+            exported
+                .entry(name)
+                .or_insert_with(BTreeSet::new)
+                .extend(labels);
+        }
     }
-    problems.extend(queried_but_not_exported(&exported));
+    let queries = queries();
+    problems.extend(queried_but_not_exported(&queries, &exported));
+    problems.extend(labels_not_exported(&queries, &exported));
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
@@ -197,12 +205,15 @@ fn families(text: &str) -> BTreeMap<String, Family> {
     out
 }
 
-fn sample_names(text: &str) -> BTreeSet<String> {
-    prodgy_tests::metrics::Scrape::parse(text)
-        .samples
-        .into_iter()
-        .map(|s| s.name)
-        .collect()
+/// Every sample name with the label names its samples carry.
+fn sample_labels(text: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for sample in prodgy_tests::metrics::Scrape::parse(text).samples {
+        out.entry(sample.name)
+            .or_default()
+            .extend(sample.labels.into_keys());
+    }
+    out
 }
 
 /// The `| metric | type | labels |` table of a component doc: label names
@@ -271,8 +282,10 @@ fn compare(
     problems
 }
 
-/// Series the PrometheusRule and the dashboard name that no binary exported.
-fn queried_but_not_exported(exported: &BTreeSet<String>) -> Vec<String> {
+/// Every query of the chart, with where it is: each alert's expression
+/// (Helm's release-namespace matcher filled in) and each dashboard panel
+/// target and variable.
+fn queries() -> Vec<(String, String)> {
     let root = workspace_root();
     let rules = std::fs::read_to_string(
         root.join("charts/prodgy/templates/monitoring/prometheusrule.yaml"),
@@ -283,29 +296,281 @@ fn queried_but_not_exported(exported: &BTreeSet<String>) -> Vec<String> {
             .unwrap(),
     )
     .unwrap();
-    let mut queries = vec![("the PrometheusRule".to_owned(), rules)];
+    let mut queries = rule_exprs(&rules);
     for panel in dashboard["panels"].as_array().unwrap() {
         for t in panel["targets"].as_array().into_iter().flatten() {
             queries.push((
-                format!("dashboard panel {:?}", panel["title"]),
+                format!("dashboard panel {}", panel["title"]),
                 t["expr"].as_str().unwrap().to_owned(),
             ));
         }
     }
     for v in dashboard["templating"]["list"].as_array().unwrap() {
         if let Some(q) = v["definition"].as_str() {
-            queries.push((format!("dashboard variable {:?}", v["name"]), q.to_owned()));
+            queries.push((format!("dashboard variable {}", v["name"]), q.to_owned()));
         }
     }
+    queries
+}
+
+/// The `expr: |` blocks of the PrometheusRule template, by alert.
+fn rule_exprs(template: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let (mut alert, mut indent) = (String::new(), None);
+    for line in template.lines() {
+        let depth = line.len() - line.trim_start().len();
+        match indent {
+            Some(d) if depth > d || line.trim().is_empty() => {
+                let expr = line.replace("{{- $ns -}}", "namespace=\"prodgy\"");
+                out.last_mut().unwrap().1.push_str(&format!("{expr}\n"));
+                continue;
+            }
+            _ => indent = None,
+        }
+        if let Some(name) = line.trim().strip_prefix("- alert: ") {
+            alert = name.to_owned();
+        } else if line.trim() == "expr: |" {
+            indent = Some(depth);
+            out.push((format!("alert {alert}"), String::new()));
+        }
+    }
+    out
+}
+
+/// Series the PrometheusRule and the dashboard name that no binary exported.
+fn queried_but_not_exported(
+    queries: &[(String, String)],
+    exported: &BTreeMap<String, BTreeSet<String>>,
+) -> Vec<String> {
     let mut problems = Vec::new();
-    for (place, text) in &queries {
+    for (place, text) in queries {
         for name in series_names(text) {
-            if !exported.contains(&name) {
+            if !exported.contains_key(&name) {
                 problems.push(format!("{place} queries {name}, which no binary exports"));
             }
         }
     }
     problems
+}
+
+/// The labels Prometheus adds to every series it scrapes through a
+/// ServiceMonitor (the target's).
+const TARGET_LABELS: [&str; 7] = [
+    "namespace",
+    "service",
+    "pod",
+    "container",
+    "endpoint",
+    "job",
+    "instance",
+];
+
+/// A series' label names as Prometheus stores them when it scrapes the
+/// chart's ServiceMonitors: the target's labels added; an exported label
+/// of the same name kept as `exported_<name>`, which the ServiceMonitor
+/// renames for `namespace` (the token's) to `token_namespace`.
+fn as_stored(exported: &BTreeSet<String>) -> BTreeSet<String> {
+    let mut out: BTreeSet<String> = TARGET_LABELS.iter().map(|l| (*l).to_owned()).collect();
+    for label in exported {
+        out.insert(match label.as_str() {
+            "namespace" => "token_namespace".to_owned(),
+            l if TARGET_LABELS.contains(&l) => format!("exported_{l}"),
+            l => l.to_owned(),
+        });
+    }
+    out
+}
+
+/// Labels the queries match on or aggregate by that the series they apply
+/// to do not carry as stored (series no binary exports are reported by
+/// [`queried_but_not_exported`]).
+fn labels_not_exported(
+    queries: &[(String, String)],
+    exported: &BTreeMap<String, BTreeSet<String>>,
+) -> Vec<String> {
+    let monitor = std::fs::read_to_string(
+        workspace_root().join("charts/prodgy/templates/monitoring/servicemonitor.yaml"),
+    )
+    .unwrap();
+    let mut problems = Vec::new();
+    if !(monitor.contains("sourceLabels: [exported_namespace]")
+        && monitor.contains("targetLabel: token_namespace"))
+    {
+        problems.push("the ServiceMonitor no longer renames exported_namespace to token_namespace, as as_stored() assumes".to_owned());
+    }
+    for (place, text) in queries {
+        for (label, series) in label_uses(text) {
+            for name in &series {
+                let Some(stored) = exported.get(name).map(as_stored) else {
+                    continue;
+                };
+                if !stored.contains(&label) {
+                    problems.push(format!(
+                        "{place} uses the label {label} of {name}, which carries only {stored:?}"
+                    ));
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// A query's tokens: identifiers, quoted strings (their text dropped) and
+/// every other character but blanks on its own (`=~` is `=` then `~`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Tok {
+    Ident(String),
+    Str,
+    Punct(char),
+}
+
+fn tokens(text: &str) -> Vec<Tok> {
+    let is_ident = |c: &char| c.is_ascii_alphanumeric() || *c == '_' || *c == ':';
+    let mut out = Vec::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_alphabetic() || c == '_' {
+            let mut ident = c.to_string();
+            while let Some(n) = chars.next_if(is_ident) {
+                ident.push(n);
+            }
+            out.push(Tok::Ident(ident));
+        } else if matches!(c, '"' | '\'' | '`') {
+            while let Some(n) = chars.next() {
+                if n == '\\' {
+                    chars.next();
+                } else if n == c {
+                    break;
+                }
+            }
+            out.push(Tok::Str);
+        } else if !c.is_whitespace() {
+            out.push(Tok::Punct(c));
+        }
+    }
+    out
+}
+
+/// The index of the bracket that closes the one at `open`.
+fn closing(toks: &[Tok], open: usize) -> usize {
+    let mut depth = 0usize;
+    for (i, t) in toks.iter().enumerate().skip(open) {
+        match t {
+            Tok::Punct('(' | '{' | '[') => depth += 1,
+            Tok::Punct(')' | '}' | ']') => depth -= 1,
+            _ => {}
+        }
+        if depth == 0 {
+            return i;
+        }
+    }
+    panic!("unbalanced brackets in {toks:?}")
+}
+
+/// The index of the bracket that opens the one at `close`.
+fn opening(toks: &[Tok], close: usize) -> usize {
+    let mut depth = 0usize;
+    for i in (0..=close).rev() {
+        match toks[i] {
+            Tok::Punct(')' | '}' | ']') => depth += 1,
+            Tok::Punct('(' | '{' | '[') => depth -= 1,
+            _ => {}
+        }
+        if depth == 0 {
+            return i;
+        }
+    }
+    panic!("unbalanced brackets in {toks:?}")
+}
+
+fn idents(toks: &[Tok]) -> Vec<String> {
+    toks.iter()
+        .filter_map(|t| match t {
+            Tok::Ident(l) => Some(l.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A label name and the series that must carry it.
+type LabelUse = (String, BTreeSet<String>);
+
+/// The label names a query relies on, each with the series that must carry
+/// it: the matchers of a `prodgy_…{…}` selector; the `by (…)` or
+/// `without (…)` labels of an aggregation, and the label of Grafana's
+/// `label_values(series, label)`, over every series in their argument.
+fn label_uses(text: &str) -> Vec<LabelUse> {
+    let toks = tokens(text);
+    let mut out = Vec::new();
+    for (i, tok) in toks.iter().enumerate() {
+        match tok {
+            Tok::Ident(w) if w.starts_with("prodgy_") => out.extend(matcher_uses(&toks, i)),
+            Tok::Ident(w) if w == "by" || w == "without" => out.extend(grouping_uses(&toks, i)),
+            Tok::Ident(w) if w == "label_values" => out.extend(label_values_use(&toks, i)),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn opens(toks: &[Tok], i: usize, c: char) -> bool {
+    toks.get(i) == Some(&Tok::Punct(c))
+}
+
+fn series_in(toks: &[Tok]) -> BTreeSet<String> {
+    idents(toks)
+        .into_iter()
+        .filter(|n| n.starts_with("prodgy_"))
+        .collect()
+}
+
+/// `series{label="…", …}` at `i`: each matched label, on that series.
+fn matcher_uses(toks: &[Tok], i: usize) -> Vec<LabelUse> {
+    let (Tok::Ident(series), true) = (&toks[i], opens(toks, i + 1, '{')) else {
+        return Vec::new();
+    };
+    let end = closing(toks, i + 1);
+    toks[i + 2..end]
+        .windows(2)
+        .filter_map(|pair| match pair {
+            [Tok::Ident(label), Tok::Punct('=' | '!')] => {
+                Some((label.clone(), BTreeSet::from([series.clone()])))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// `by (…)` or `without (…)` at `i`, before its argument (`sum by (l)
+/// (arg)`) or after it (`sum (arg) by (l)`): each label, on every series of
+/// the argument.
+fn grouping_uses(toks: &[Tok], i: usize) -> Vec<LabelUse> {
+    if !opens(toks, i + 1, '(') {
+        return Vec::new();
+    }
+    let end = closing(toks, i + 1);
+    let arg = if opens(toks, end + 1, '(') {
+        end + 1..closing(toks, end + 1)
+    } else {
+        opening(toks, i - 1)..i
+    };
+    let over = series_in(&toks[arg]);
+    idents(&toks[i + 2..end])
+        .into_iter()
+        .map(|l| (l, over.clone()))
+        .collect()
+}
+
+/// Grafana's `label_values(series, label)` at `i`.
+fn label_values_use(toks: &[Tok], i: usize) -> Vec<LabelUse> {
+    if !opens(toks, i + 1, '(') {
+        return Vec::new();
+    }
+    let args = &toks[i + 2..closing(toks, i + 1)];
+    match args {
+        [.., Tok::Punct(','), Tok::Ident(label)] => vec![(label.clone(), series_in(args))],
+        _ => Vec::new(),
+    }
 }
 
 /// Every `prodgy_…` identifier in a query.
@@ -341,6 +606,45 @@ fn the_docs_table_parser_reads_names_types_and_labels() {
     assert_eq!(
         series_names("sum(rate(prodgy_a_total{x=\"y\"}[5m])) / prodgy_c_bucket"),
         BTreeSet::from(["prodgy_a_total".to_owned(), "prodgy_c_bucket".to_owned()])
+    );
+}
+
+#[test]
+fn label_uses_reads_matchers_aggregations_and_label_values() {
+    let uses = |q: &str| -> Vec<(String, Vec<String>)> {
+        label_uses(q)
+            .into_iter()
+            .map(|(l, s)| (l, s.into_iter().collect()))
+            .collect()
+    };
+    let one = |l: &str, s: &str| (l.to_owned(), vec![s.to_owned()]);
+    assert_eq!(
+        uses(
+            r#"sum by (le, pod) (rate(prodgy_a_bucket{ns=~"$x",r!="a}b"}[5m])) / sum(prodgy_b) without (c)"#
+        ),
+        vec![
+            one("le", "prodgy_a_bucket"),
+            one("pod", "prodgy_a_bucket"),
+            one("ns", "prodgy_a_bucket"),
+            one("r", "prodgy_a_bucket"),
+            one("c", "prodgy_b"),
+        ]
+    );
+    assert_eq!(
+        uses(r#"label_values(prodgy_c{namespace=~"$n"}, product)"#),
+        vec![one("product", "prodgy_c"), one("namespace", "prodgy_c")]
+    );
+    let stored = as_stored(&BTreeSet::from(["namespace".to_owned(), "pod".to_owned()]));
+    assert!(stored.contains("token_namespace") && stored.contains("exported_pod"));
+    let exprs = rule_exprs(
+        "        - alert: A\n          expr: |\n            sum(x{ {{- $ns -}} })\n          for: 5m\n",
+    );
+    assert_eq!(
+        exprs,
+        vec![(
+            "alert A".to_owned(),
+            "            sum(x{ namespace=\"prodgy\" })\n".to_owned()
+        )]
     );
 }
 

@@ -10,12 +10,12 @@ use std::{
 
 use chrono::Utc;
 use clap::Parser;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{
     Client,
-    api::{Api, Patch, PatchParams, PostParams},
+    api::{Api, ListParams, Patch, PatchParams, PostParams},
 };
-use prodgy_crds::{ApiToken, ApiTokenSpec, HashedRecord, TokenHash};
+use prodgy_crds::{ApiToken, ApiTokenSpec, HashedRecord, TokenHash, hashed::SELECTOR};
 use prodgy_kube_fake::FakeApiServer;
 use prodgy_operator::{
     app::{self, Running},
@@ -89,6 +89,34 @@ impl World {
 
     pub fn hashed_secrets(&self) -> Api<Secret> {
         Api::namespaced(self.client.clone(), &self.hashed_ns)
+    }
+
+    pub fn namespaces(&self) -> Api<Namespace> {
+        Api::all(self.client.clone())
+    }
+
+    /// Creates the token namespace as an object of its own, so that it can
+    /// be deleted (the server needs none to hold objects in it).
+    pub async fn create_namespace(&self) {
+        let mut ns = Namespace::default();
+        ns.metadata.name = Some(self.ns.clone());
+        self.namespaces()
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap();
+    }
+
+    /// Names of the hashed Secrets left in the hashed-Secret namespace.
+    pub async fn hashed_names(&self) -> Vec<String> {
+        let list = self
+            .hashed_secrets()
+            .list(&ListParams::default().labels(SELECTOR))
+            .await
+            .unwrap();
+        list.items
+            .into_iter()
+            .filter_map(|s| s.metadata.name)
+            .collect()
     }
 
     pub async fn create(&self, name: &str, spec: Value) -> ApiToken {
