@@ -746,7 +746,9 @@ impl IndexWriter {
         for r in objects.iter() {
             for (idx, s) in r.slots().enumerate() {
                 match tables[shard_of(&s.digest, n)].insert(r, idx as u32) {
-                    Some(_) => tracing::warn!(uid = %r.uid(), "two tokens share a digest; one wins"),
+                    Some(_) => {
+                        tracing::warn!(uid = %r.uid(), "two tokens share a digest; one wins")
+                    }
                     None => digests += 1,
                 }
             }
@@ -903,14 +905,19 @@ mod tests {
             assert!(w.remove(uid), "{uid}");
             assert!(!w.contains(uid));
         }
-        let r = w.compact(&record("0f8e4c1a-92b3-4d5e-a6f7-0123456789ab", &t)).unwrap();
+        let r = w
+            .compact(&record("0f8e4c1a-92b3-4d5e-a6f7-0123456789ab", &t))
+            .unwrap();
         assert_eq!(r.text.len(), r.label().len(), "a UUID is not kept as text");
     }
 
     #[test]
     fn a_digest_shared_by_two_tokens_goes_to_the_one_written_last() {
         let mut w = writer();
-        let (a, b) = (Token::generate("prod").unwrap(), Token::generate("prod").unwrap());
+        let (a, b) = (
+            Token::generate("prod").unwrap(),
+            Token::generate("prod").unwrap(),
+        );
         let mut hr = record("u-1", &a);
         let until = Utc::now() + chrono::Duration::hours(1);
         hr.hashes.push(HashEntry {
@@ -931,7 +938,10 @@ mod tests {
         let found = w.index().lookup(&b.hash()).unwrap();
         assert_eq!((found.record.uid(), found.slot), ("u-1".into(), 1));
         assert!(w.remove("u-2"));
-        assert!(w.index().lookup(&b.hash()).is_some(), "u-1 keeps its digest");
+        assert!(
+            w.index().lookup(&b.hash()).is_some(),
+            "u-1 keeps its digest"
+        );
         assert!(w.remove("u-1"));
         assert_eq!(w.index().digests(), 0);
     }

@@ -23,8 +23,8 @@ pub mod quota;
 pub mod server;
 pub mod source;
 pub mod state;
-pub mod usage;
 pub mod uid;
+pub mod usage;
 pub mod verdict;
 
 pub use config::{Args, Config};
