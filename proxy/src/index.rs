@@ -747,7 +747,7 @@ impl IndexWriter {
             for (idx, s) in r.slots().enumerate() {
                 match tables[shard_of(&s.digest, n)].insert(r, idx as u32) {
                     Some(_) => {
-                        tracing::warn!(uid = %r.uid(), "two tokens share a digest; one wins")
+                        tracing::warn!(uid = %r.uid(), "two tokens share a digest; one wins");
                     }
                     None => digests += 1,
                 }
