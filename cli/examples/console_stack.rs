@@ -3,6 +3,8 @@
 //! and `kubectl apitoken ui` connected through a written kubeconfig, as a
 //! user's would be. Prints one JSON line, `{"url": the console's login URL,
 //! "proxy": the proxy's base URL}`, then serves until Ctrl-C (SIGINT).
+//! A line `down` on standard input makes the Kubernetes API unreachable
+//! (connections reset), `up` brings it back.
 //!
 //! `cargo run -p kubectl-apitoken --example console_stack`
 
@@ -12,7 +14,9 @@ use std::time::Duration;
 use anyhow::Context;
 use kubectl_apitoken::args::GlobalArgs;
 use kubectl_apitoken::ui::Bound;
+use prodgy_kube_fake::FakeApiServer;
 use prodgy_tests::local::LocalCluster;
+use tokio::io::AsyncBufReadExt;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -37,8 +41,25 @@ async fn main() -> anyhow::Result<()> {
     drop(out);
     console
         .run(async {
-            let _ = tokio::signal::ctrl_c().await;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                () = switch_on_stdin(&cluster.server) => {}
+            }
         })
         .await?;
     Ok(())
+}
+
+/// Turns the Kubernetes API off and on as standard input says; never
+/// returns, also not once the input has ended.
+async fn switch_on_stdin(server: &FakeApiServer) {
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        match line.trim() {
+            "down" => server.set_available(false),
+            "up" => server.set_available(true),
+            _ => {}
+        }
+    }
+    std::future::pending::<()>().await;
 }

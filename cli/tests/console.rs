@@ -411,6 +411,40 @@ async fn every_action_of_the_page_works_with_the_real_operator_and_proxy() {
 }
 
 #[tokio::test]
+async fn regenerate_with_a_grace_period_keeps_the_old_token_working_meanwhile() {
+    let cluster = LocalCluster::start().await.unwrap();
+    let page = Page::open(cluster.server.client(), false).await;
+    let (status, created) = page
+        .post(
+            "/api/tokens",
+            json!({"namespace": "default", "name": "rotating", "product": "acme"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let old = created["token"].as_str().unwrap().to_owned();
+    proxy_answers(&cluster, &old, 200).await;
+
+    let (status, regenerated) = page
+        .post(
+            "/api/tokens/default/rotating/regenerate",
+            json!({"grace": "1h"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{regenerated}");
+    let until: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(regenerated["previousValidUntil"].clone()).unwrap();
+    let left = until - chrono::Utc::now();
+    assert!(
+        left > chrono::Duration::minutes(55) && left <= chrono::Duration::hours(1),
+        "the old token is kept until {until}"
+    );
+    // Once the proxy knows the new token, it still accepts the old one.
+    let fresh = regenerated["token"].as_str().unwrap().to_owned();
+    proxy_answers(&cluster, &fresh, 200).await;
+    proxy_answers(&cluster, &old, 200).await;
+}
+
+#[tokio::test]
 async fn delete_is_only_for_revoked_tokens_and_expiry_must_be_in_the_future() {
     let cluster = LocalCluster::start().await.unwrap();
     let page = Page::open(cluster.server.client(), false).await;

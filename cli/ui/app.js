@@ -405,10 +405,21 @@ function setUpCreate() {
   });
 }
 
+// What the Regenerate dialog says becomes of the current token.
+function graceFate(grace) {
+  const period = grace.trim();
+  return period
+    ? `the current one keeps working for ${period}, until the grace period ends`
+    : 'the current one stops working at once';
+}
+
 function setUpActions() {
   const regenerate = $('#regenerate-dialog');
   const revoke = $('#revoke-dialog');
   const remove = $('#delete-dialog');
+  const grace = $('#regenerate-form').elements.grace;
+  const sayFate = () => { $('[data-fate]', regenerate).textContent = graceFate(grace.value); };
+  grace.addEventListener('input', sayFate);
   let target = null;
   const ask = (dialog, card) => {
     target = card;
@@ -416,6 +427,7 @@ function setUpActions() {
     dialog.querySelector('[data-name]').textContent = card.name;
     const submit = dialog.querySelector('[type="submit"]');
     if (dialog === revoke) submit.disabled = true;
+    if (dialog === regenerate) sayFate();
     open(dialog);
   };
 
@@ -455,7 +467,7 @@ function setUpActions() {
     event.preventDefault();
     const form = event.currentTarget;
     submitting(form, async () => {
-      const answer = await call('POST', tokenPath(target, 'regenerate'), { grace: form.elements.grace.value });
+      const answer = await call('POST', tokenPath(target, 'regenerate'), { grace: grace.value });
       regenerate.close();
       notice(`Token ${target.name} regenerated.`);
       showToken(answer, true);
