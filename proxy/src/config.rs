@@ -236,6 +236,19 @@ fn addr(flag: &str, s: &str) -> Result<SocketAddr> {
         .ok_or_else(|| Error::Config(format!("--{flag}: {s:?} is not a host:port that resolves")))
 }
 
+/// Refuses `--{flag}` when it names the socket `--listen` binds: two
+/// listeners there cannot both bind (the ops port would answer the proxy's
+/// traffic while the other one retries), and an upstream there is a loop.
+fn apart(flag: &str, a: SocketAddr, listen: SocketAddr) -> Result<()> {
+    let same_ip = a.ip() == listen.ip() || a.ip().is_unspecified() || listen.ip().is_unspecified();
+    if a.port() == listen.port() && same_ip {
+        return Err(Error::Config(format!(
+            "--{flag} {a} is the socket --listen {listen} binds; give it another port"
+        )));
+    }
+    Ok(())
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_owned())
@@ -268,10 +281,15 @@ impl Args {
                 HeadLimits::CEILING.headers,
             )?,
         };
+        let listen = addr("listen", &self.listen)?;
+        let upstream = addr("upstream", &self.upstream)?;
+        let metrics_addr = addr("metrics-addr", &self.metrics_addr)?;
+        apart("metrics-addr", metrics_addr, listen)?;
+        apart("upstream", upstream, listen)?;
         Ok(Config {
-            listen: addr("listen", &self.listen)?,
-            upstream: addr("upstream", &self.upstream)?,
-            metrics_addr: addr("metrics-addr", &self.metrics_addr)?,
+            listen,
+            upstream,
+            metrics_addr,
             source,
             products: self
                 .products
@@ -406,7 +424,13 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_flag() {
-        let cases: [(&[&str], &str); 12] = [
+        let cases: [(&[&str], &str); 15] = [
+            (&["--metrics-addr", "127.0.0.1:8000"], "--metrics-addr"),
+            (
+                &["--listen", "127.0.0.1:9090", "--metrics-addr", "[::]:9090"],
+                "--metrics-addr",
+            ),
+            (&["--upstream", "127.0.0.1:8000"], "--upstream"),
             (
                 &["--trusted-proxies", "10.0.0.0/8,10.0.0.1"],
                 "--trusted-proxies",

@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering}
 use arc_swap::{ArcSwap, ArcSwapOption};
 use chrono::{DateTime, Utc};
 use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
 use http::HeaderValue;
 use prodgy_crds::{HashedRecord, RecordState, Refusal, ScopeSet, SourceRange, TokenHash};
 
@@ -219,6 +220,12 @@ struct Slot {
     idx: u32,
 }
 
+impl Slot {
+    fn digest(&self) -> &TokenHash {
+        &self.record.slot(self.idx).digest
+    }
+}
+
 /// One shard. A current digest points straight at its record (8 bytes a
 /// token: nearly every digest is one); the few superseded digests in their
 /// grace period carry their number. A digest is in one of the two only.
@@ -245,7 +252,7 @@ impl Table {
             });
         }
         self.superseded
-            .find(h, |s| s.record.slot(s.idx).digest.ct_eq(d))
+            .find(h, |s| s.digest().ct_eq(d))
             .map(|s| Found {
                 record: s.record.clone(),
                 slot: s.idx,
@@ -254,23 +261,29 @@ impl Table {
 
     /// Adds digest `idx` of `r`, taking the digest from any record that held
     /// it (two tokens sharing a digest: the one added last wins). Returns
-    /// the record it was taken from.
+    /// the record it was taken from. One probe of each table.
     fn insert(&mut self, r: &Arc<Record>, idx: u32) -> Option<Arc<Record>> {
         let d = r.slot(idx).digest;
-        let taken = self.take(&d, |_, _| true);
         let h = hash_of(&d);
         if idx == 0 {
-            let hash = |o: &Arc<Record>| hash_of(&o.first.digest);
-            self.current.insert_unique(h, r.clone(), hash);
+            let taken = self.take_superseded(h, &d, |_, _| true);
+            let e = self.current.entry(
+                h,
+                |o| o.first.digest.ct_eq(&d),
+                |o| hash_of(&o.first.digest),
+            );
+            replace(e, r.clone()).or(taken)
         } else {
-            let hash = |o: &Slot| hash_of(&o.record.slot(o.idx).digest);
+            let taken = self.take_current(h, &d, |_| true);
+            let e = self
+                .superseded
+                .entry(h, |s| s.digest().ct_eq(&d), |s| hash_of(s.digest()));
             let slot = Slot {
                 record: r.clone(),
                 idx,
             };
-            self.superseded.insert_unique(h, slot, hash);
+            replace(e, slot).map(|s| s.record).or(taken)
         }
-        taken
     }
 
     /// Removes digest `d` where `owns(record, idx)` holds for its entry.
@@ -280,16 +293,43 @@ impl Table {
         owns: impl Fn(&Arc<Record>, u32) -> bool,
     ) -> Option<Arc<Record>> {
         let h = hash_of(d);
-        if let Ok(e) = self
+        self.take_current(h, d, |r| owns(r, 0))
+            .or_else(|| self.take_superseded(h, d, owns))
+    }
+
+    fn take_current(
+        &mut self,
+        h: u64,
+        d: &TokenHash,
+        owns: impl Fn(&Arc<Record>) -> bool,
+    ) -> Option<Arc<Record>> {
+        let e = self
             .current
-            .find_entry(h, |r| r.first.digest.ct_eq(d) && owns(r, 0))
-        {
-            return Some(e.remove().0);
-        }
-        let e = self.superseded.find_entry(h, |s| {
-            s.record.slot(s.idx).digest.ct_eq(d) && owns(&s.record, s.idx)
-        });
+            .find_entry(h, |r| r.first.digest.ct_eq(d) && owns(r));
+        e.ok().map(|e| e.remove().0)
+    }
+
+    fn take_superseded(
+        &mut self,
+        h: u64,
+        d: &TokenHash,
+        owns: impl Fn(&Arc<Record>, u32) -> bool,
+    ) -> Option<Arc<Record>> {
+        let e = self
+            .superseded
+            .find_entry(h, |s| s.digest().ct_eq(d) && owns(&s.record, s.idx));
         e.ok().map(|e| e.remove().0.record)
+    }
+}
+
+/// Puts `v` in the entry; returns what it held.
+fn replace<T>(e: Entry<'_, T>, v: T) -> Option<T> {
+    match e {
+        Entry::Occupied(mut e) => Some(std::mem::replace(e.get_mut(), v)),
+        Entry::Vacant(e) => {
+            e.insert(v);
+            None
+        }
     }
 }
 
@@ -500,16 +540,12 @@ impl Objects {
         let key = r.uid_key();
         let (h, i) = self.locate(key);
         let hasher = &self.hasher;
-        match self.shards[i].entry(h, |o| o.uid_key() == key, |o| hasher.hash_one(o.uid_key())) {
-            hashbrown::hash_table::Entry::Occupied(mut e) => {
-                Some(std::mem::replace(e.get_mut(), r))
-            }
-            hashbrown::hash_table::Entry::Vacant(e) => {
-                e.insert(r);
-                self.len += 1;
-                None
-            }
+        let e = self.shards[i].entry(h, |o| o.uid_key() == key, |o| hasher.hash_one(o.uid_key()));
+        let old = replace(e, r);
+        if old.is_none() {
+            self.len += 1;
         }
+        old
     }
 
     fn remove(&mut self, uid: &str) -> Option<Arc<Record>> {

@@ -112,10 +112,17 @@ fn newest_under(path: &Path) -> std::time::SystemTime {
     newest
 }
 
-/// A port nothing listens on right now.
-pub fn free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
-    Ok(l.local_addr()?.port())
+/// `N` distinct ports nothing listens on right now: all are held until the
+/// last is picked, so two calls to `bind(0)` cannot hand out the same one.
+pub fn free_ports<const N: usize>() -> Result<[u16; N]> {
+    let mut held = Vec::with_capacity(N);
+    let mut ports = [0; N];
+    for port in &mut ports {
+        let l = TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
+        *port = l.local_addr()?.port();
+        held.push(l);
+    }
+    Ok(ports)
 }
 
 /// A running `hack/quickstart.sh`.
@@ -141,7 +148,7 @@ impl Quickstart {
     /// waits until it prints its banner (both processes ready).
     pub fn start(manifest: &Path, data: &Path) -> Result<Self> {
         let bin = binaries()?;
-        let [port, metrics, api, ops] = [free_port()?, free_port()?, free_port()?, free_port()?];
+        let [port, metrics, api, ops] = free_ports()?;
         let mut child = Command::new("bash")
             .arg(workspace_root().join("hack/quickstart.sh"))
             .current_dir(workspace_root())
@@ -296,14 +303,7 @@ impl LocalCluster {
         let dir = tempfile::tempdir()?;
         let kubeconfig = dir.path().join("kubeconfig");
         server.write_kubeconfig(&kubeconfig)?;
-        let [operator_port, api, ops, proxy, proxy_metrics, leaks] = [
-            free_port()?,
-            free_port()?,
-            free_port()?,
-            free_port()?,
-            free_port()?,
-            free_port()?,
-        ];
+        let [operator_port, api, ops, proxy, proxy_metrics, leaks] = free_ports()?;
         let leak_secret = dir.path().join("leak-secret");
         std::fs::write(&leak_secret, LEAK_SECRET)?;
         let kube_env = [
@@ -372,7 +372,7 @@ impl LocalCluster {
     /// Starts one more proxy replica, as a second pod of the Deployment
     /// would be; returns its base URL once it is ready.
     pub async fn add_proxy(&mut self, replica: &str) -> Result<String> {
-        let [port, metrics] = [free_port()?, free_port()?];
+        let [port, metrics] = free_ports()?;
         let kube_env = [
             (
                 "KUBECONFIG",

@@ -31,7 +31,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use prodgy_crds::{HashedRecord, Token};
-use prodgy_tests::local::{binaries, free_port};
+use prodgy_tests::local::{binaries, free_ports};
 
 const JSON_LIMIT: usize = 64 * 1024;
 const WEBHOOK_LIMIT: usize = 32 * 1024;
@@ -109,7 +109,7 @@ impl Stack {
         let record = HashedRecord::active("ns", "limits", "uid-limits", "acme", &token.hash());
         let tokens = dir.path().join("tokens.json");
         std::fs::write(&tokens, serde_json::to_vec(&[record]).unwrap()).unwrap();
-        let [api, ops, proxy, metrics] = [(); 4].map(|()| free_port().unwrap());
+        let [api, ops, proxy, metrics] = free_ports().unwrap();
         let mut procs = vec![spawn(
             &bin,
             "prodgy-api",

@@ -586,11 +586,14 @@ impl Api {
 
 /// A port free at the time of asking.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_ports::<1>()[0]
+}
+
+/// `N` distinct free ports: all are held until the last is picked, so
+/// two calls to `bind(0)` cannot hand out the same one twice.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held = [(); N].map(|()| std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    held.map(|l| l.local_addr().unwrap().port())
 }
 
 /// The `prodgy-api` binary on free loopback ports, once `/readyz` answers.
@@ -602,7 +605,7 @@ pub struct Binary {
 
 impl Binary {
     pub async fn start(mut command: std::process::Command) -> Binary {
-        let (port, ops_port) = (free_port(), free_port());
+        let [port, ops_port] = free_ports();
         let child = command
             .args([
                 "--listen",

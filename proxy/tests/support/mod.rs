@@ -102,11 +102,14 @@ impl Upstream {
 
 /// A free loopback port (bound then released).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_ports::<1>()[0]
+}
+
+/// `N` distinct free loopback ports: all are held until the last is
+/// picked, so two calls to `bind(0)` cannot hand out the same one twice.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held = [(); N].map(|()| TcpListener::bind("127.0.0.1:0").unwrap());
+    held.map(|l| l.local_addr().unwrap().port())
 }
 
 /// A token and its record, ready to tweak.
@@ -239,7 +242,7 @@ impl ProxyBuilder {
         let log = dir.path().join("proxy.log");
         // A port picked here may be taken before the proxy binds it; retry.
         for _ in 0..5 {
-            let (p, m) = (free_port(), free_port());
+            let [p, m] = free_ports();
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_prodgy-proxy"));
             cmd.args(&self.args)
                 .arg(format!("--listen={}:{p}", self.host))
