@@ -16,7 +16,6 @@ use kubectl_apitoken::args::GlobalArgs;
 use kubectl_apitoken::ui::Bound;
 use prodgy_kube_fake::FakeApiServer;
 use prodgy_tests::local::LocalCluster;
-use tokio::io::AsyncBufReadExt;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -52,9 +51,20 @@ async fn main() -> anyhow::Result<()> {
 
 /// Turns the Kubernetes API off and on as standard input says; never
 /// returns, also not once the input has ended.
+///
+/// Standard input is read on a thread of its own: a read blocked in
+/// tokio's blocking pool would keep the runtime, and so the process, from
+/// ending after Ctrl-C until the input closed.
 async fn switch_on_stdin(server: &FakeApiServer) {
-    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    while let Some(line) = rx.recv().await {
         match line.trim() {
             "down" => server.set_available(false),
             "up" => server.set_available(true),

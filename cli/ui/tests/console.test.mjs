@@ -45,6 +45,20 @@ async function startStack() {
   return { child, ...JSON.parse(first) };
 }
 
+// Ctrl-C, as a user stops `kubectl apitoken ui`; the stack must be gone
+// within 15 s. A stack that hangs is killed and fails the run, not holds it.
+async function stopStack(child) {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const stopped = new Promise((ok) => child.once('exit', () => ok(true)));
+  child.kill('SIGINT');
+  const bound = new Promise((ok) => setTimeout(() => ok(false), 15_000).unref());
+  if (!(await Promise.race([stopped, bound]))) {
+    child.kill('SIGKILL');
+    await stopped;
+    throw new Error('the stack did not stop within 15 s of SIGINT');
+  }
+}
+
 before(async () => {
   stack = await startStack();
   proxy = stack.proxy;
@@ -68,11 +82,7 @@ before(async () => {
 
 after(async () => {
   await context?.close();
-  if (stack) {
-    const stopped = new Promise((ok) => stack.child.once('exit', ok));
-    stack.child.kill('SIGINT');
-    await stopped;
-  }
+  if (stack) await stopStack(stack.child);
   if (profile) rmSync(profile, { recursive: true, force: true });
 });
 
