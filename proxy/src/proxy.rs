@@ -572,6 +572,12 @@ async fn send_body(down: &mut ServerSession, up: &mut Http1Session) -> Result<bo
             }
             chunk = down.read_request_body() => {
                 let sent = match chunk.map_err(Failure::Downstream)? {
+                    // pingora's reader returns empty pieces (a read that
+                    // ended after a chunk-size line, a terminator split in
+                    // two); written up, one would be `0\r\n\r\n`, the end
+                    // of a chunked body, and the API would take a cut-off
+                    // body for the whole one.
+                    Some(chunk) if chunk.is_empty() => Ok(false),
                     Some(chunk) => up.write_body(&chunk).await.map(|_| false),
                     None => up.finish_body().await.map(|_| true),
                 };

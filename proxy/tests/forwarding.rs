@@ -90,8 +90,7 @@ impl RawUpstream {
                                 .await
                                 .unwrap();
                         }
-                        let mut body = vec![0; content_length(&lines)];
-                        sock.read_exact(&mut body).await.unwrap();
+                        let body = read_body(&mut sock, &lines).await;
                         r.lock().unwrap().push((lines, body));
                         let out = sock.get_mut();
                         out.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
@@ -181,6 +180,84 @@ async fn an_upstream_connection_closed_while_idle_is_not_an_error() {
         proxy.metric(r#"prodgy_proxy_upstream_errors_total{kind="other"}"#),
         Some(0.0)
     );
+}
+
+/// The body after `head`: by Content-Length, or decoded from its chunks
+/// (without trailers), each checked to end in CRLF.
+async fn read_body(sock: &mut (impl tokio::io::AsyncBufRead + Unpin), head: &[String]) -> Vec<u8> {
+    let chunked = head
+        .iter()
+        .any(|l| l.eq_ignore_ascii_case("transfer-encoding: chunked"));
+    if !chunked {
+        let mut body = vec![0; content_length(head)];
+        sock.read_exact(&mut body).await.unwrap();
+        return body;
+    }
+    let mut body = Vec::new();
+    loop {
+        let mut size = String::new();
+        sock.read_line(&mut size).await.unwrap();
+        let n = usize::from_str_radix(size.trim_end(), 16).unwrap();
+        let mut data = vec![0; n + 2];
+        sock.read_exact(&mut data).await.unwrap();
+        assert_eq!(&data[n..], b"\r\n", "a chunk not ended by CRLF");
+        if n == 0 {
+            return body;
+        }
+        body.extend_from_slice(&data[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_body_cut_anywhere_goes_up_whole_and_once() {
+    let t = issue("ns", "chunks", "acme");
+    let up = RawUpstream::start(false).await;
+    let (proxy, _dir) = file_proxy(up.addr, &[&t.record]).await;
+    let bearer = t.bearer();
+    let addr = proxy.addr;
+    // Written one by one, 30 ms apart, as a slow or busy client's reads
+    // come: a chunk-size line alone, data cut in two, a CRLF alone, the
+    // terminator cut after its size line.
+    let pieces: [&[u8]; 7] = [
+        b"5\r\n",
+        b"hel",
+        b"lo",
+        b"\r\n",
+        b"6\r\n world\r\n",
+        b"0\r\n",
+        b"\r\n",
+    ];
+    let answers = tokio::task::spawn_blocking(move || {
+        let mut c = Conn::connect(addr);
+        c.send(
+            format!(
+                "POST /api/agent-base HTTP/1.1\r\nHost: x\r\nAuthorization: {bearer}\r\n\
+                 Transfer-Encoding: chunked\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        for p in pieces {
+            std::thread::sleep(Duration::from_millis(30));
+            c.send(p);
+        }
+        let first = c.response().0;
+        // Both connections are still in step: the next request is answered.
+        (first, c.get(&bearer))
+    })
+    .await
+    .unwrap();
+    assert_eq!(answers, (200, 200));
+    let seen = up.requests();
+    let firsts: Vec<&str> = seen.iter().map(|(h, _)| h[0].as_str()).collect();
+    assert_eq!(
+        firsts,
+        [
+            "POST /api/agent-base HTTP/1.1",
+            "GET /api/agent-base HTTP/1.1"
+        ]
+    );
+    assert_eq!(seen[0].1, b"hello world");
+    assert_eq!(up.connections(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
