@@ -61,7 +61,7 @@ impl Loaded {
     }
 
     fn take(&mut self, writer: &mut IndexWriter, file: &Path, position: usize, json: &[u8]) {
-        match HashedRecord::from_json(json).map_err(Error::from) {
+        match HashedRecord::parse_json(json).map_err(Error::from) {
             Ok(r) => match writer.compact(&r) {
                 Ok(rec) => self.records.push(rec),
                 Err(e) => self.skip(writer, file, position, &e),
@@ -340,7 +340,7 @@ pub fn record_of_secret(writer: &mut IndexWriter, s: &Secret) -> Result<Arc<Reco
     let name = s.metadata.name.as_deref().unwrap_or_default();
     let uid = HashedRecord::uid_of_secret_name(name)
         .ok_or(Error::InvalidRecord("Secret name is not apitoken-<uid>"))?;
-    let r = HashedRecord::from_secret(s)?;
+    let r = HashedRecord::parse_json(HashedRecord::json_of_secret(s)?)?;
     if r.uid != uid {
         return Err(Error::InvalidRecord(
             "Secret name does not match the record's uid",

@@ -10,6 +10,21 @@ use std::fmt::Write as _;
 /// Where the dashes of a canonical UUID stand.
 const DASHES: [usize; 4] = [8, 13, 18, 23];
 
+/// Where its 32 hex digits stand.
+const DIGITS: [usize; 32] = {
+    let mut at = [0; 32];
+    let (mut i, mut pos) = (0, 0);
+    while i < 32 {
+        if pos == 8 || pos == 13 || pos == 18 || pos == 23 {
+            pos += 1;
+        }
+        at[i] = pos;
+        i += 1;
+        pos += 1;
+    }
+    at
+};
+
 /// A UID to compare and hash without allocating: its 16 bytes when it is a
 /// canonical UUID, its text otherwise. One UID always gives the same key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -35,22 +50,11 @@ pub fn parse(uid: &str) -> Option<[u8; 16]> {
     if b.len() != 36 || DASHES.iter().any(|&i| b[i] != b'-') {
         return None;
     }
-    let mut digits = b.iter().enumerate().filter(|(i, _)| !DASHES.contains(i));
     let mut out = [0u8; 16];
-    for byte in &mut out {
-        let (_, hi) = digits.next()?;
-        let (_, lo) = digits.next()?;
-        *byte = nibble(*hi)? << 4 | nibble(*lo)?;
+    for (byte, at) in out.iter_mut().zip(DIGITS.chunks_exact(2)) {
+        *byte = prodgy_crds::token::hex_byte(b[at[0]], b[at[1]])?;
     }
     Some(out)
-}
-
-fn nibble(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    }
 }
 
 /// The canonical text of a UUID's 16 bytes.
