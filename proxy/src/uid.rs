@@ -13,13 +13,14 @@ const DASHES: [usize; 4] = [8, 13, 18, 23];
 /// Where its 32 hex digits stand.
 const DIGITS: [usize; 32] = {
     let mut at = [0; 32];
-    let (mut i, mut pos) = (0, 0);
+    let (mut i, mut pos, mut dash) = (0, 0, 0);
     while i < 32 {
-        if pos == 8 || pos == 13 || pos == 18 || pos == 23 {
-            pos += 1;
+        if dash < DASHES.len() && pos == DASHES[dash] {
+            dash += 1;
+        } else {
+            at[i] = pos;
+            i += 1;
         }
-        at[i] = pos;
-        i += 1;
         pos += 1;
     }
     at
