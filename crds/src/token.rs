@@ -171,21 +171,27 @@ fn decode_checksum(digits: &[u8]) -> Option<u32> {
     u32::try_from(value).ok()
 }
 
-/// The value of each lowercase hex digit; 0xff for any other byte.
-const HEX_DIGITS: [u8; 256] = {
+/// The value of each hex digit (`upper`: of either case); 0xff for any
+/// other byte.
+const fn hex_digits(upper: bool) -> [u8; 256] {
     let mut t = [0xff; 256];
     let mut i = 0;
     while i < 16 {
         t[b"0123456789abcdef"[i] as usize] = i as u8;
+        if upper {
+            t[b"0123456789ABCDEF"[i] as usize] = i as u8;
+        }
         i += 1;
     }
     t
-};
+}
+const HEX_LOWER: [u8; 256] = hex_digits(false);
+const HEX_ANY: [u8; 256] = hex_digits(true);
 
 /// The byte two lowercase hex digits spell, or `None`. A table lookup per
 /// digit: the proxy decodes a million digests and UIDs as it starts.
 pub fn hex_byte(hi: u8, lo: u8) -> Option<u8> {
-    let (h, l) = (HEX_DIGITS[usize::from(hi)], HEX_DIGITS[usize::from(lo)]);
+    let (h, l) = (HEX_LOWER[usize::from(hi)], HEX_LOWER[usize::from(lo)]);
     ((h | l) < 16).then_some(h << 4 | l)
 }
 
@@ -210,12 +216,19 @@ impl TokenHash {
         if b.len() != 64 {
             return Err(Error::InvalidHash);
         }
-        let mut out = [0u8; 32];
+        // Without a branch per digit: a bad digit is remembered and
+        // refused at the end.
+        let (mut out, mut bad) = ([0u8; 32], 0u8);
         for (o, pair) in out.iter_mut().zip(b.chunks_exact(2)) {
-            let [hi, lo] = [pair[0], pair[1]].map(|c| c.to_ascii_lowercase());
-            *o = hex_byte(hi, lo).ok_or(Error::InvalidHash)?;
+            let (h, l) = (HEX_ANY[usize::from(pair[0])], HEX_ANY[usize::from(pair[1])]);
+            bad |= h | l;
+            *o = h << 4 | l;
         }
-        Ok(Self(out))
+        if bad < 16 {
+            Ok(Self(out))
+        } else {
+            Err(Error::InvalidHash)
+        }
     }
 
     /// Constant-time comparison: the time taken does not depend on where two

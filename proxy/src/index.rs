@@ -31,8 +31,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering}
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use chrono::{DateTime, Utc};
-use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
+use hashbrown::{DefaultHashBuilder, HashTable};
 use http::HeaderValue;
 use prodgy_crds::{HashedRecord, RecordState, Refusal, ScopeSet, SourceRange, TokenHash};
 
@@ -513,12 +513,14 @@ impl ProductFilter {
 /// same reason (a million records in one table: 2^21 buckets).
 struct Objects {
     shards: Vec<HashTable<Arc<Record>>>,
-    hasher: std::hash::RandomState,
+    /// hashbrown's seeded default (foldhash): a fraction of SipHash's cost
+    /// per UID, which counts a million times at start-up.
+    hasher: DefaultHashBuilder,
     len: usize,
 }
 
 impl Objects {
-    fn with_capacity(n: usize, hasher: std::hash::RandomState) -> Self {
+    fn with_capacity(n: usize, hasher: DefaultHashBuilder) -> Self {
         let count = shard_count(n);
         let each = n.div_ceil(count);
         Self {
@@ -605,7 +607,7 @@ impl IndexWriter {
             index,
             filter,
             products: HashMap::new(),
-            objects: Objects::with_capacity(0, std::hash::RandomState::new()),
+            objects: Objects::with_capacity(0, DefaultHashBuilder::default()),
         }
     }
 

@@ -6,10 +6,12 @@
 //! the client), product and scope, [`cells`] holds the
 //! token's rate bucket and counters, [`proxy`] strips the credential and any
 //! client-sent identity headers and injects the verified identity. The index
-//! is fed by [`source`] (a Kubernetes watch of hashed Secrets, or JSON files);
+//! is fed by [`source`] (a Kubernetes watch of hashed Secrets, or JSON files,
+//! streamed by [`array`]);
 //! [`usage`] writes UsageReports; [`ops`] serves `/metrics`, `/healthz` and
 //! `/readyz`; [`server`] wires it all into one pingora server.
 
+pub mod array;
 pub mod auth;
 pub mod cells;
 pub mod client_addr;

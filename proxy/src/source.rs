@@ -22,6 +22,7 @@ use kube::runtime::watcher::{self, Event};
 use prodgy_crds::HashedRecord;
 use prodgy_crds::hashed;
 
+use crate::array::{self, Element};
 use crate::clock;
 use crate::index::{IndexWriter, Record};
 use crate::{Error, Result};
@@ -61,11 +62,21 @@ impl Loaded {
     }
 
     fn take(&mut self, writer: &mut IndexWriter, file: &Path, position: usize, json: &[u8]) {
-        match HashedRecord::parse_json(json).map_err(Error::from) {
-            Ok(r) => match writer.compact(&r) {
-                Ok(rec) => self.records.push(rec),
-                Err(e) => self.skip(writer, file, position, &e),
-            },
+        match HashedRecord::parse_json(json) {
+            Ok(r) => self.take_parsed(writer, file, position, &r),
+            Err(e) => self.skip(writer, file, position, &Error::from(e)),
+        }
+    }
+
+    fn take_parsed(
+        &mut self,
+        writer: &mut IndexWriter,
+        file: &Path,
+        position: usize,
+        r: &HashedRecord,
+    ) {
+        match writer.compact(r) {
+            Ok(rec) => self.records.push(rec),
             Err(e) => self.skip(writer, file, position, &e),
         }
     }
@@ -148,13 +159,14 @@ fn load_file(writer: &mut IndexWriter, file: &Path, loaded: &mut Loaded) -> Resu
         None => Ok(()),
         Some(b'[') => {
             // Stream the array: a million records never sit in memory as
-            // parsed JSON, only as compact records. Elements are cut out by
-            // a byte scanner and parsed from slices, several times faster
-            // than a reader-based deserializer.
+            // parsed JSON, only as compact records.
             reader.consume(1);
             let mut position = 0;
-            for_each_element(reader, |element| {
-                loaded.take(writer, file, position, element);
+            array::for_each_element(reader, |element| {
+                match element {
+                    Element::Parsed(r) => loaded.take_parsed(writer, file, position, &r),
+                    Element::Raw(json) => loaded.take(writer, file, position, json),
+                }
                 position += 1;
             })
             .map_err(|message| Error::Array {
@@ -175,102 +187,6 @@ fn load_file(writer: &mut IndexWriter, file: &Path, loaded: &mut Loaded) -> Resu
             loaded.take(writer, file, 0, &bytes);
             Ok(())
         }
-    }
-}
-
-/// Calls `f` with the bytes of each top-level element of a JSON array whose
-/// opening `[` was already consumed. Fails on a missing `]`, an empty
-/// element or anything after the array; the syntax inside an element is
-/// left to the element's parser. One byte-scanning state machine (depth,
-/// string, escape, buffer refills) kept in one function on purpose: its
-/// states only make sense together, and it is the load path of 1M records.
-pub fn for_each_element<R: Read>(
-    mut reader: R,
-    mut f: impl FnMut(&[u8]),
-) -> std::result::Result<(), String> {
-    const CHUNK: usize = 256 * 1024;
-    let mut buf: Vec<u8> = Vec::with_capacity(2 * CHUNK);
-    // Scanner state over `buf[scan..]`.
-    let (mut scan, mut depth, mut in_string, mut escaped) = (0usize, 0usize, false, false);
-    let mut start: Option<usize> = None;
-    let mut closed = false;
-    let mut elements = 0usize;
-    let mut eof = false;
-    loop {
-        while scan < buf.len() {
-            let b = buf[scan];
-            if closed {
-                if !b.is_ascii_whitespace() {
-                    return Err("data after the closing ]".into());
-                }
-            } else if in_string {
-                if escaped {
-                    escaped = false;
-                } else {
-                    // Over the string's plain bytes to its next quote or backslash.
-                    let rest = &buf[scan..];
-                    scan += memchr::memchr2(b'"', b'\\', rest).unwrap_or(rest.len() - 1);
-                    escaped = buf[scan] == b'\\';
-                    in_string = escaped || buf[scan] != b'"';
-                }
-            } else {
-                match b {
-                    b'"' => {
-                        in_string = true;
-                        start.get_or_insert(scan);
-                    }
-                    b'{' | b'[' => {
-                        depth += 1;
-                        start.get_or_insert(scan);
-                    }
-                    b'}' | b']' if depth > 0 => depth -= 1,
-                    b',' | b']' if depth == 0 => {
-                        match start.take() {
-                            Some(st) => {
-                                let end = buf[..scan]
-                                    .iter()
-                                    .rposition(|c| !c.is_ascii_whitespace())
-                                    .map_or(st, |i| i + 1);
-                                f(&buf[st..end]);
-                                elements += 1;
-                            }
-                            None if b == b']' && elements == 0 => {}
-                            None => {
-                                return Err(format!(
-                                    "empty array element after element {elements}"
-                                ));
-                            }
-                        }
-                        closed = b == b']';
-                    }
-                    b'}' => return Err("unbalanced }".into()),
-                    c if c.is_ascii_whitespace() => {}
-                    _ => {
-                        start.get_or_insert(scan);
-                    }
-                }
-            }
-            scan += 1;
-        }
-        if eof {
-            return if closed {
-                Ok(())
-            } else {
-                Err("the array is not closed (truncated file?)".into())
-            };
-        }
-        // Keep only the unfinished element.
-        let keep = start.unwrap_or(scan);
-        buf.drain(..keep);
-        scan -= keep;
-        if let Some(st) = start.as_mut() {
-            *st -= keep;
-        }
-        let len = buf.len();
-        buf.resize(len + CHUNK, 0);
-        let n = reader.read(&mut buf[len..]).map_err(|e| e.to_string())?;
-        buf.truncate(len + n);
-        eof = n == 0;
     }
 }
 
@@ -557,34 +473,6 @@ mod tests {
         )))
     }
 
-    /// Yields one byte per read, so every chunk boundary is exercised.
-    struct Trickle<'a>(&'a [u8]);
-    impl Read for Trickle<'_> {
-        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-            match (self.0.split_first(), buf.first_mut()) {
-                (Some((b, rest)), Some(slot)) => {
-                    *slot = *b;
-                    self.0 = rest;
-                    Ok(1)
-                }
-                _ => Ok(0),
-            }
-        }
-    }
-
-    fn split(body: &str) -> std::result::Result<Vec<String>, String> {
-        let mut out = Vec::new();
-        for_each_element(Trickle(body.as_bytes()), |e| {
-            out.push(String::from_utf8(e.to_vec()).unwrap());
-        })?;
-        let mut fast = Vec::new();
-        for_each_element(body.as_bytes(), |e| {
-            fast.push(String::from_utf8(e.to_vec()).unwrap());
-        })?;
-        assert_eq!(out, fast);
-        Ok(out)
-    }
-
     #[test]
     fn load_errors_keep_their_causes() {
         use std::error::Error as _;
@@ -611,28 +499,6 @@ mod tests {
         r.hashes[0].sha256 = "not-hex".into();
         let e = lock(&writer()).compact(&r).unwrap_err();
         assert!(matches!(e, Error::Contract(_)), "{e:?}");
-    }
-
-    #[test]
-    fn array_elements_are_cut_at_top_level_commas_only() {
-        let got = split(r#" {"a":[1,2],"s":"x,]}\"\\"} , 7 ,"str,]" ,[ [] ] ]  "#).unwrap();
-        assert_eq!(
-            got,
-            [r#"{"a":[1,2],"s":"x,]}\"\\"}"#, "7", r#""str,]""#, "[ [] ]"]
-        );
-        assert_eq!(split("]").unwrap(), Vec::<String>::new());
-        assert_eq!(split("  \n ] \n").unwrap(), Vec::<String>::new());
-        for bad in [
-            "{\"a\":1}",
-            "{\"a\":1},",
-            "1,,2]",
-            ",1]",
-            "1] x",
-            "}]",
-            "{\"a\":\"]",
-        ] {
-            assert!(split(bad).is_err(), "{bad:?} accepted");
-        }
     }
 
     #[test]
